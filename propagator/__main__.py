@@ -1,0 +1,5 @@
+import sys
+
+from propagator.cli import main
+
+sys.exit(main())

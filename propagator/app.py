@@ -1,0 +1,176 @@
+"""The ingest HTTP service: receive → verify → parse → publish, answering only after the ack.
+
+Routes:
+    POST /webhooks/{name}   a configured webhook source
+    GET  /healthz           the process is alive
+    GET  /readyz            the producer holds a live broker connection
+    GET  /metrics           Prometheus metrics
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from structlog.contextvars import bind_contextvars, clear_contextvars
+
+from propagator.broker import BrokerConnection
+from propagator.errors import (
+    BrokerUnavailable,
+    PayloadTooLarge,
+    PropagatorError,
+    UnknownSource,
+)
+from propagator.metrics import IngestMetrics
+from propagator.publisher import KafkaPublisher
+from propagator.settings import IngestSettings
+from propagator.sources import Ignored, Source
+
+_log = structlog.get_logger(__name__)
+
+SOURCES: web.AppKey[Mapping[str, Source]] = web.AppKey("sources")
+PUBLISHER: web.AppKey[KafkaPublisher] = web.AppKey("publisher")
+BROKER: web.AppKey[BrokerConnection] = web.AppKey("broker")
+METRICS: web.AppKey[IngestMetrics] = web.AppKey("metrics")
+SETTINGS: web.AppKey[IngestSettings] = web.AppKey("ingest_settings")
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON body with a stable code; nothing leaks a traceback."""
+    # Requests on one keep-alive connection share a task, hence a context: start clean.
+    clear_contextvars()
+    bind_contextvars(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex)
+    try:
+        return await handler(request)
+    except PropagatorError as exc:
+        headers = {}
+        if isinstance(exc, BrokerUnavailable):
+            headers["Retry-After"] = str(request.app[SETTINGS].retry_after_s)
+        log = _log.warning if exc.status >= 500 else _log.info
+        log("request.rejected", status=exc.status, code=exc.code, reason=exc.message)
+        return error_response(exc.status, exc.code, exc.message, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, exc.reason, allow)
+    except Exception:  # noqa: BLE001 - the last line of defence: log it, answer 500
+        _log.exception("request.failed")
+        return error_response(500, "internal_error", "internal error")
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed the limit."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    source = request.app[SOURCES].get(name)
+    if source is None:
+        raise UnknownSource(f"no webhook source named {name!r}")
+    metrics = request.app[METRICS]
+    received_at = datetime.now(UTC)
+    bind_contextvars(source=name)
+    try:
+        body = await _read_bounded(request, request.app[SETTINGS].max_body_bytes)
+        # Nothing is parsed, let alone published, before the signature is verified.
+        source.verify(request.headers, body)
+        outcome = source.parse(body, received_at)
+        bind_contextvars(event_id=outcome.event_id)
+        if isinstance(outcome, Ignored):
+            metrics.ignored.labels(name).inc()
+            metrics.requests.labels(name, "ignored").inc()
+            _log.info("webhook.ignored", type=outcome.type)
+            return web.json_response(
+                {"status": "ignored", "event_id": outcome.event_id, "type": outcome.type}
+            )
+        if not request.app[BROKER].started:
+            raise BrokerUnavailable("not connected to the broker yet")
+        started = time.perf_counter()
+        published = await request.app[PUBLISHER].publish(outcome)
+        metrics.publish_seconds.observe(time.perf_counter() - started)
+    except PropagatorError as exc:
+        metrics.requests.labels(name, exc.code).inc()
+        raise
+    metrics.requests.labels(name, "published").inc()
+    _log.info(
+        "webhook.published",
+        type=outcome.type,
+        scope=outcome.scope.value,
+        partition=published.partition,
+        offset=published.offset,
+    )
+    return web.json_response(
+        {"status": "published", "event_id": outcome.event_id, "type": outcome.type}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if await request.app[BROKER].ready():
+        return web.json_response({"status": "ready"})
+    return error_response(503, "not_ready", "the producer has no live broker connection")
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(
+    *,
+    settings: IngestSettings,
+    sources: Mapping[str, Source],
+    publisher: KafkaPublisher,
+    broker: BrokerConnection,
+    metrics: IngestMetrics,
+) -> web.Application:
+    """The ingest application; every I/O client is passed in and owned by the caller."""
+    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    app[SOURCES] = sources
+    app[PUBLISHER] = publisher
+    app[BROKER] = broker
+    app[METRICS] = metrics
+    app[SETTINGS] = settings
+    app.router.add_post("/webhooks/{name}", receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+
+    async def _broker_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        broker.start()
+        yield
+        await broker.close()
+
+    app.cleanup_ctx.append(_broker_lifecycle)
+    return app

@@ -1,0 +1,50 @@
+"""Publishes canonical revocation events to Kafka, answering only once the broker acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+
+from propagator.errors import map_kafka_errors
+from schemas import SCHEMA_VERSION, RevocationEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    topic: str
+    partition: int
+    offset: int
+
+
+class KafkaPublisher:
+    """Writes one event per record, keyed so that one user's events share a partition."""
+
+    def __init__(self, *, producer: AIOKafkaProducer, topic: str, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self._producer = producer
+        self._topic = topic
+        self._timeout_s = timeout_s
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    async def publish(self, event: RevocationEvent) -> Published:
+        """Send and wait for the broker's acknowledgement (acks=all), within the timeout."""
+        headers = [
+            ("content-type", b"application/json"),
+            ("schema-version", str(SCHEMA_VERSION).encode()),
+            ("event-id", event.event_id.encode()),
+        ]
+        with map_kafka_errors():
+            async with asyncio.timeout(self._timeout_s):
+                metadata = await self._producer.send_and_wait(
+                    self._topic,
+                    value=event.to_bytes(),
+                    key=event.partition_key.encode(),
+                    headers=headers,
+                )
+        return Published(topic=metadata.topic, partition=metadata.partition, offset=metadata.offset)

@@ -1,0 +1,161 @@
+"""The one settings object, read once at start-up and passed down.
+
+Sources, highest precedence first: environment variables (prefix ``PROPAGATOR_``,
+nested with ``__``, e.g. ``PROPAGATOR_KAFKA__BOOTSTRAP_SERVERS``), then the YAML file
+named by ``--config`` or ``PROPAGATOR_CONFIG``, then the defaults below.
+Nothing else in the code base reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "PROPAGATOR_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "identity.revocations"
+    topic_partitions: int = Field(default=6, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    client_id: str = "propagator"
+    # WorkOS expects an answer within 5 s; leave it time to read ours.
+    publish_timeout_s: float = Field(default=4.0, gt=0)
+    linger_ms: int = Field(default=1, ge=0)
+    request_timeout_ms: int = Field(default=10_000, ge=1000)
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    socket_timeout_s: float = Field(default=2.0, gt=0)
+
+
+class IngestSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Sent with 503 answers so that the identity provider retries.
+    retry_after_s: int = Field(default=5, ge=1)
+
+
+class WorkOSSettings(_Section):
+    """The WorkOS webhook source. Several secrets may be active at once, for rotation."""
+
+    name: str = "workos"
+    # Comma-separated in the environment: PROPAGATOR_WORKOS__SECRETS=whsec_a,whsec_b
+    secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # A file with one secret per line (e.g. a mounted Kubernetes or Docker secret).
+    secret_file: Path | None = None
+    tolerance_s: float = Field(default=180.0, gt=0)
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def active_secrets(self) -> list[bytes]:
+        """Every accepted secret, as the HMAC key bytes WorkOS uses (UTF-8, as is)."""
+        found = [s.get_secret_value() for s in self.secrets]
+        if self.secret_file is not None:
+            lines = self.secret_file.read_text(encoding="utf-8").splitlines()
+            found.extend(line.strip() for line in lines if line.strip())
+        return [s.encode() for s in found]
+
+
+class DenylistSettings(_Section):
+    """The Redis denylist contract that downstream guards read."""
+
+    key_prefix: str = "propagator:revoked:"
+    # A revoked session cannot outlive this, so neither does its denylist entry.
+    max_session_lifetime_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+
+class WorkerSettings(_Section):
+    subscriber: str = Field(default="redis-denylist", pattern=r"^[A-Za-z0-9._-]+$")
+    group_prefix: str = "propagator."
+    max_batch: int = Field(default=500, ge=1)
+    # The broker holds an empty fetch at most this long; it bounds idle latency.
+    fetch_max_wait_ms: int = Field(default=50, ge=0)
+    max_backoff_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.group_prefix}{self.subscriber}"
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PROPAGATOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    ingest: IngestSettings = IngestSettings()
+    workos: WorkOSSettings = WorkOSSettings()
+    denylist: DenylistSettings = DenylistSettings()
+    worker: WorkerSettings = WorkerSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+
+class ConfigFileError(ValueError):
+    """The configuration file named on the command line or in PROPAGATOR_CONFIG is unusable."""
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once: environment, then the YAML file, then defaults."""
+    path = config if config is not None else _config_from_env()
+    if path is None:
+        return Settings(**overrides)
+    if not path.is_file():
+        raise ConfigFileError(f"configuration file not found: {path}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    return _FromFile(**overrides)
+
+
+def _config_from_env() -> Path | None:
+    value = os.environ.get(CONFIG_ENV_VAR)
+    return Path(value) if value else None
