@@ -128,7 +128,7 @@ class SubscriberWorker:
             retry=retry_if_exception(
                 lambda exc: isinstance(exc, PropagatorError) and exc.retriable
             ),
-            wait=wait_exponential_jitter(initial=0.1, max=self._max_backoff_s),
+            wait=wait_exponential_jitter(multiplier=0.1, jitter=0.2, max=self._max_backoff_s),
             before_sleep=self._before_retry,
             reraise=True,
         )

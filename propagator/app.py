@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from structlog.contextvars import bind_contextvars, clear_contextvars
 
-from propagator.broker import BrokerConnection
+from propagator.broker import Connection
 from propagator.errors import (
     BrokerUnavailable,
     PayloadTooLarge,
@@ -27,15 +27,15 @@ from propagator.errors import (
     UnknownSource,
 )
 from propagator.metrics import IngestMetrics
-from propagator.publisher import KafkaPublisher
+from propagator.publisher import Publisher
 from propagator.settings import IngestSettings
 from propagator.sources import Ignored, Source
 
 _log = structlog.get_logger(__name__)
 
 SOURCES: web.AppKey[Mapping[str, Source]] = web.AppKey("sources")
-PUBLISHER: web.AppKey[KafkaPublisher] = web.AppKey("publisher")
-BROKER: web.AppKey[BrokerConnection] = web.AppKey("broker")
+PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher")
+BROKER: web.AppKey[Connection] = web.AppKey("broker")
 METRICS: web.AppKey[IngestMetrics] = web.AppKey("metrics")
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("ingest_settings")
 
@@ -151,8 +151,8 @@ def create_app(
     *,
     settings: IngestSettings,
     sources: Mapping[str, Source],
-    publisher: KafkaPublisher,
-    broker: BrokerConnection,
+    publisher: Publisher,
+    broker: Connection,
     metrics: IngestMetrics,
 ) -> web.Application:
     """The ingest application; every I/O client is passed in and owned by the caller."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -16,6 +17,19 @@ from propagator.errors import DependencyUnavailable, PublishFailed, map_kafka_er
 from propagator.kafka import TopicSpec, ensure_topics
 
 _log = structlog.get_logger(__name__)
+
+
+class Connection(Protocol):
+    """The broker connection as the ingest app sees it: a lifecycle and two health answers."""
+
+    @property
+    def started(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class BrokerConnection:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
@@ -16,6 +17,12 @@ class Published:
     topic: str
     partition: int
     offset: int
+
+
+class Publisher(Protocol):
+    """What the ingest handlers need: publish one event, return once it is durable."""
+
+    async def publish(self, event: RevocationEvent) -> Published: ...
 
 
 class KafkaPublisher:

@@ -1,0 +1,121 @@
+"""Mapping WorkOS events to the canonical revocation event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from propagator.errors import MalformedPayload
+from propagator.sources import Ignored, WorkOSSource, WorkOSVerifier
+from schemas import RevocationEvent, RevocationScope
+from tests.conftest import fixture_bytes, load_fixture
+
+RECEIVED = datetime(2026, 1, 15, 12, 0, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def source() -> WorkOSSource:
+    return WorkOSSource(name="workos-prod", verifier=WorkOSVerifier(secrets=[b"s"]))
+
+
+class TestSessionRevoked:
+    def test_sdk_fixture_maps_to_a_session_scope_event(self, source: WorkOSSource) -> None:
+        """The SDK's session.revoked fixture becomes a canonical session-scope event."""
+        body = fixture_bytes("workos_session_revoked.json")
+        event = source.parse(body, RECEIVED)
+        assert isinstance(event, RevocationEvent)
+        assert "event_01EHZNVPK3SFK441A1RGBFSHRT" == event.event_id
+        assert RevocationScope.SESSION == event.scope
+        assert "session_01H93ZY4F80QPBEZ1R5B2SHQG8" == event.session_id
+        assert "user_01E4ZCR3C56J083X43JQXF3JK5" == event.user_id
+        assert "org_01H945H0YD4F97JN9MATX7BYAG" == event.organization_id
+        assert "workos-prod" == event.source
+        assert "workos" == event.source_kind
+        assert "session.revoked" == event.type
+        assert RECEIVED == event.received_at
+        assert datetime(2026, 1, 15, 12, 0, tzinfo=UTC) == event.occurred_at
+        assert hashlib.sha256(body).hexdigest() == event.payload_sha256
+        assert "user_01E4ZCR3C56J083X43JQXF3JK5" == event.partition_key
+
+    def test_older_shape_without_status_is_accepted(self, source: WorkOSSource) -> None:
+        """The older session shape (no auth_method, status, expires_at, ended_at) still maps."""
+        data = load_fixture("workos_session_created_legacy.json")
+        data["event"] = "session.revoked"
+        event = source.parse(json.dumps(data).encode(), RECEIVED)
+        assert isinstance(event, RevocationEvent)
+        assert "session_01HSCBECW0D7AY8CA45AYKA64G" == event.session_id
+        assert "user_01HQGXWZW8BSHRG3HVK2QF7XBX" == event.user_id
+
+    def test_ended_at_is_the_revocation_time_when_present(self, source: WorkOSSource) -> None:
+        """A non-null ended_at is when the session ended, so it is occurred_at."""
+        data = load_fixture("workos_session_revoked.json")
+        data["data"]["ended_at"] = "2026-01-15T11:59:30.000Z"
+        event = source.parse(json.dumps(data).encode(), RECEIVED)
+        assert isinstance(event, RevocationEvent)
+        assert datetime(2026, 1, 15, 11, 59, 30, tzinfo=UTC) == event.occurred_at
+
+    def test_event_without_organization_is_accepted(self, source: WorkOSSource) -> None:
+        """organization_id is optional in WorkOS's session object."""
+        data = load_fixture("workos_session_revoked.json")
+        del data["data"]["organization_id"]
+        event = source.parse(json.dumps(data).encode(), RECEIVED)
+        assert isinstance(event, RevocationEvent)
+        assert event.organization_id is None
+
+
+class TestOtherEvents:
+    def test_session_created_is_ignored(self, source: WorkOSSource) -> None:
+        """session.created is verified and acknowledged, but not a revocation."""
+        outcome = source.parse(fixture_bytes("workos_session_created.json"), RECEIVED)
+        assert Ignored(event_id="event_01EHZNVPK3SFK441A1RGBFSHRT", type="session.created") == outcome
+
+    def test_legacy_session_created_is_ignored(self, source: WorkOSSource) -> None:
+        """The docs' older session.created example parses and is ignored."""
+        outcome = source.parse(fixture_bytes("workos_session_created_legacy.json"), RECEIVED)
+        assert isinstance(outcome, Ignored)
+        assert "session.created" == outcome.type
+
+
+class TestMalformed:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b"",
+            b"not json",
+            b"[]",
+            b'{"id": "event_1"}',
+            b'{"id": "event_1", "event": "session.revoked", "data": {}, "created_at": "x"}',
+            b'{"id": "e", "event": "session.revoked", "data": [], "created_at": "2026-01-01T00:00:00Z"}',
+        ],
+    )
+    def test_not_an_event(self, source: WorkOSSource, body: bytes) -> None:
+        """Bodies that are not a WorkOS event envelope are malformed."""
+        with pytest.raises(MalformedPayload):
+            source.parse(body, RECEIVED)
+
+    @pytest.mark.parametrize("missing", ["id", "user_id"])
+    def test_session_revoked_without_required_field(
+        self, source: WorkOSSource, missing: str
+    ) -> None:
+        """A session.revoked without data.id or data.user_id cannot be propagated."""
+        data = load_fixture("workos_session_revoked.json")
+        del data["data"][missing]
+        with pytest.raises(MalformedPayload, match=missing):
+            source.parse(json.dumps(data).encode(), RECEIVED)
+
+    def test_created_at_without_timezone_is_malformed(self, source: WorkOSSource) -> None:
+        """Times must carry an offset; a naive time is ambiguous."""
+        data = load_fixture("workos_session_revoked.json")
+        data["created_at"] = "2026-01-15T12:00:00"
+        with pytest.raises(MalformedPayload):
+            source.parse(json.dumps(data).encode(), RECEIVED)
+
+    def test_oversized_id_is_malformed_not_a_crash(self, source: WorkOSSource) -> None:
+        """Limits of the canonical schema surface as a 400, not an internal error."""
+        data = load_fixture("workos_session_revoked.json")
+        data["data"]["id"] = "s" * 10_000
+        with pytest.raises(MalformedPayload):
+            source.parse(json.dumps(data).encode(), RECEIVED)
