@@ -90,7 +90,9 @@ def settings(topic: str, unique: str) -> Settings:
         kafka=KafkaSettings(bootstrap_servers=KAFKA_BOOTSTRAP, topic=topic, topic_partitions=3),
         redis=RedisSettings(url=REDIS_URL),
         workos=WorkOSSettings(secrets=[SECRET]),  # type: ignore[list-item]
-        denylist=DenylistSettings(key_prefix=f"test:{unique}:revoked:", max_session_lifetime_s=3600),
+        denylist=DenylistSettings(
+            key_prefix=f"test:{unique}:revoked:", max_session_lifetime_s=3600
+        ),
         worker=WorkerSettings(subscriber=f"test-{unique}", fetch_max_wait_ms=20),
         log=LogSettings(format="json"),
     )

@@ -89,11 +89,15 @@ class FakeDeadLetters:
     topic: str = "revocations.fake.dlq"
     forwarded: list[tuple[int, str]] = field(default_factory=list)
 
-    async def forward(self, rec: ConsumerRecord[bytes, bytes], error: PropagatorError, attempts: int) -> None:
+    async def forward(
+        self, rec: ConsumerRecord[bytes, bytes], error: PropagatorError, attempts: int
+    ) -> None:
         self.forwarded.append((rec.offset, error.code))
 
 
-async def run_until_drained(consumer: FakeConsumer, sink: FakeSink, dlq: FakeDeadLetters) -> SubscriberWorker:
+async def run_until_drained(
+    consumer: FakeConsumer, sink: FakeSink, dlq: FakeDeadLetters
+) -> SubscriberWorker:
     worker = SubscriberWorker(
         consumer=consumer,  # type: ignore[arg-type]
         sink=sink,
@@ -134,7 +138,13 @@ class TestDelivery:
     async def test_undecodable_record_is_dead_lettered_and_others_applied(self) -> None:
         """A poison record goes to the dead-letter topic; the partition moves on."""
         consumer = FakeConsumer(
-            [[record(0, event(0).to_bytes()), record(1, b"{garbage"), record(2, event(2).to_bytes())]]
+            [
+                [
+                    record(0, event(0).to_bytes()),
+                    record(1, b"{garbage"),
+                    record(2, event(2).to_bytes()),
+                ]
+            ]
         )
         sink, dlq = FakeSink(), FakeDeadLetters()
         await run_until_drained(consumer, sink, dlq)

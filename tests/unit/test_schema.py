@@ -88,7 +88,11 @@ class TestModel:
             ({}, "user_1"),
             ({"user_id": None}, "session_1"),
             (
-                {"scope": RevocationScope.ORGANIZATION, "organization_id": "org_1", "user_id": None},
+                {
+                    "scope": RevocationScope.ORGANIZATION,
+                    "organization_id": "org_1",
+                    "user_id": None,
+                },
                 "org_1",
             ),
         ],

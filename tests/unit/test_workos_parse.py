@@ -70,7 +70,9 @@ class TestOtherEvents:
     def test_session_created_is_ignored(self, source: WorkOSSource) -> None:
         """session.created is verified and acknowledged, but not a revocation."""
         outcome = source.parse(fixture_bytes("workos_session_created.json"), RECEIVED)
-        assert Ignored(event_id="event_01EHZNVPK3SFK441A1RGBFSHRT", type="session.created") == outcome
+        assert (
+            Ignored(event_id="event_01EHZNVPK3SFK441A1RGBFSHRT", type="session.created") == outcome
+        )
 
     def test_legacy_session_created_is_ignored(self, source: WorkOSSource) -> None:
         """The docs' older session.created example parses and is ignored."""

@@ -1,0 +1,125 @@
+"""The real commands as an operator runs them: `propagator ingest`, `worker`, `send-sample`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from propagator.settings import Settings
+from tests.integration.conftest import KAFKA_BOOTSTRAP, REDIS_URL, SECRET, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROPAGATOR_")}
+    environment.update(
+        {
+            "PROPAGATOR_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
+            "PROPAGATOR_KAFKA__TOPIC": settings.kafka.topic,
+            "PROPAGATOR_KAFKA__TOPIC_PARTITIONS": "3",
+            "PROPAGATOR_REDIS__URL": REDIS_URL,
+            "PROPAGATOR_DENYLIST__KEY_PREFIX": settings.denylist.key_prefix,
+            "PROPAGATOR_WORKER__SUBSCRIBER": settings.worker.subscriber,
+            "PROPAGATOR_INGEST__PORT": str(free_port()),
+            "PROPAGATOR_WORKOS__SECRETS": SECRET,
+            "PROPAGATOR_LOG__FORMAT": "json",
+        }
+    )
+    return environment
+
+
+@pytest.fixture
+def processes(env: dict[str, str]) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    for role in ("ingest", "worker"):
+        started[role] = subprocess.Popen(
+            [sys.executable, "-m", "propagator", role],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    yield started
+    for proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+class TestCommands:
+    async def test_send_sample_produces_the_key_and_sigterm_stops_cleanly(
+        self, env: dict[str, str], processes: dict[str, subprocess.Popen[bytes]]
+    ) -> None:
+        """The README's flow: run ingest and worker, send the sample, see the key; SIGTERM exits 0."""
+        port = env["PROPAGATOR_INGEST__PORT"]
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(ready, timeout=60)
+        sample = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "propagator",
+            "send-sample",
+            "--wait",
+            "30",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await sample.communicate()
+        text = output.decode()
+        assert 0 == sample.returncode, text
+        assert "-> 200" in text
+        assert f"GET {env['PROPAGATOR_DENYLIST__KEY_PREFIX']}session:session_" in text
+
+        for proc in processes.values():
+            proc.send_signal(signal.SIGTERM)
+        for role, proc in processes.items():
+            assert 0 == await asyncio.to_thread(proc.wait, 30), role
+        assert processes["worker"].stdout is not None
+        worker_log = processes["worker"].stdout.read().decode()
+        assert '"event": "worker.stopped"' in worker_log
+
+    def test_missing_secret_is_a_clear_error(self, env: dict[str, str]) -> None:
+        """Ingest without a WorkOS secret refuses to start and says how to fix it."""
+        del env["PROPAGATOR_WORKOS__SECRETS"]
+        result = subprocess.run(
+            [sys.executable, "-m", "propagator", "ingest"], env=env, capture_output=True, timeout=60
+        )
+        assert 2 == result.returncode
+        assert b"PROPAGATOR_WORKOS__SECRETS" in result.stderr
+
+    def test_invalid_configuration_is_a_clear_error(self, env: dict[str, str]) -> None:
+        """A bad value exits 2 with the field named, not a traceback."""
+        env["PROPAGATOR_INGEST__PORT"] = "not-a-port"
+        result = subprocess.run(
+            [sys.executable, "-m", "propagator", "ingest"], env=env, capture_output=True, timeout=60
+        )
+        assert 2 == result.returncode
+        assert b"ingest.port" in result.stderr
+        assert b"Traceback" not in result.stderr
