@@ -112,9 +112,10 @@ def _send_sample(settings: Settings, url: str | None, session_id: str | None, wa
     key = f"{settings.denylist.key_prefix}session:{session}"
 
     async def main() -> int:
-        async with aiohttp.ClientSession() as http, http.post(
-            target, data=body, headers=signed_headers(secrets[0], body)
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(target, data=body, headers=signed_headers(secrets[0], body)) as resp,
+        ):
             print(f"POST {target} -> {resp.status} {await resp.text()}")
             if resp.status != 200:
                 return 1

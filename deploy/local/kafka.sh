@@ -43,8 +43,13 @@ resolve_jars() {
   log "resolving org.apache.kafka:kafka_2.13:$version from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
-  mvn -q -B -Dstyle.color=never -f "$repo/deploy/kafka/pom.xml" -Dkafka.version="$version" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs"
+  if ! mvn -B -Dstyle.color=never -f "$repo/deploy/kafka/pom.xml" -Dkafka.version="$version" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" >"$cache/mvn.log" 2>&1; then
+    log "mvn failed; its output:"
+    tail -n 40 "$cache/mvn.log" >&2
+    exit 1
+  fi
+  log "resolved $(find "$libs" -name '*.jar' | wc -l) jars"
   touch "$libs/.complete"
 }
 

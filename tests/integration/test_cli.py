@@ -68,7 +68,7 @@ class TestCommands:
     async def test_send_sample_produces_the_key_and_sigterm_stops_cleanly(
         self, env: dict[str, str], processes: dict[str, subprocess.Popen[bytes]]
     ) -> None:
-        """The README's flow: run ingest and worker, send the sample, see the key; SIGTERM exits 0."""
+        """The README flow: ingest and worker run, the sample lands in Redis, SIGTERM exits 0."""
         port = env["PROPAGATOR_INGEST__PORT"]
         async with aiohttp.ClientSession() as http:
 

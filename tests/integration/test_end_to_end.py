@@ -74,7 +74,7 @@ class TestWalkingSkeleton:
         assert 1 == await record_count(settings.kafka.topic)
 
     async def test_refused_requests_never_reach_the_topic(self, settings: Settings) -> None:
-        """Forged, stale, unsigned and malformed requests leave the topic empty; a good one lands."""
+        """Forged, stale, unsigned, malformed requests leave the topic empty; a good one lands."""
         body = sample_session_revoked()
         async with ingest(settings) as client:
             assert 401 == (await post_signed(client, body, secret="forged")).status
@@ -145,7 +145,7 @@ class TestBrokerUnreachable:
 
 class TestCommitAfterApply:
     async def test_offsets_wait_for_redis(self, settings: Settings, redis: Redis) -> None:
-        """While Redis is unreachable nothing is committed; once it is back, the key and commit land."""
+        """While Redis is unreachable nothing is committed; once it is back, key and commit land."""
         body = sample_session_revoked(session_id="session_commit")
         key = f"{settings.denylist.key_prefix}session:session_commit"
         no_redis = settings.model_copy(

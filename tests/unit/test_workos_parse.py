@@ -90,7 +90,8 @@ class TestMalformed:
             b"[]",
             b'{"id": "event_1"}',
             b'{"id": "event_1", "event": "session.revoked", "data": {}, "created_at": "x"}',
-            b'{"id": "e", "event": "session.revoked", "data": [], "created_at": "2026-01-01T00:00:00Z"}',
+            b'{"id": "e", "event": "session.revoked", "data": [], '
+            b'"created_at": "2026-01-01T00:00:00Z"}',
         ],
     )
     def test_not_an_event(self, source: WorkOSSource, body: bytes) -> None:

@@ -105,7 +105,8 @@ class TestHeaderParsing:
         "header",
         [
             "t=1722443701539,v1=bd54a3768f461461c8439c2f97ab0d646ef3976f84d5d5b132d18f2fa89cdad5",
-            "  t=1722443701539 ,  v1=bd54a3768f461461c8439c2f97ab0d646ef3976f84d5d5b132d18f2fa89cdad5 ",
+            "  t=1722443701539 ,  v1="
+            "bd54a3768f461461c8439c2f97ab0d646ef3976f84d5d5b132d18f2fa89cdad5 ",
             "v1=bd54a3768f461461c8439c2f97ab0d646ef3976f84d5d5b132d18f2fa89cdad5, t=1722443701539",
         ],
     )
@@ -123,7 +124,7 @@ class TestHeaderParsing:
             "t=1722443701539",
             "t=1722443701539, v1=",
             "t=1722443701539, v0=bd54a3768f461461c8439c2f97ab0d646ef3976f84d5d5b132d18f2fa89cdad5",
-            "t=１７２２, v1=bd54",
+            "t=１７２２, v1=bd54",  # noqa: RUF001 - full-width digits are not ASCII
         ],
     )
     def test_malformed_headers_are_refused(self, header: str) -> None:
