@@ -107,6 +107,91 @@ class _Session(BaseModel):
     ended_at: AwareDatetime | None = None
 
 
+class _UserSubject(BaseModel):
+    """An object that names a user: a password reset, a membership, a directory user."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: str
+    organization_id: str | None = None
+
+
+class _DirectoryUser(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    user_id: str | None = None
+    organization_id: str | None = None
+
+
+class _IdOnly(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+
+
+def _session_revoked(data: dict[str, Any], created_at: datetime) -> dict[str, Any]:
+    session = _Session.model_validate(data)
+    return {
+        "scope": RevocationScope.SESSION,
+        "session_id": session.id,
+        "user_id": session.user_id,
+        "organization_id": session.organization_id,
+        "occurred_at": session.ended_at or created_at,
+    }
+
+
+def _user_deleted(data: dict[str, Any], created_at: datetime) -> dict[str, Any]:
+    return {
+        "scope": RevocationScope.USER,
+        "user_id": _IdOnly.model_validate(data).id,
+        "occurred_at": created_at,
+    }
+
+
+def _names_a_user(data: dict[str, Any], created_at: datetime) -> dict[str, Any]:
+    subject = _UserSubject.model_validate(data)
+    return {
+        "scope": RevocationScope.USER,
+        "user_id": subject.user_id,
+        "organization_id": subject.organization_id,
+        "occurred_at": created_at,
+    }
+
+
+def _directory_user_deleted(data: dict[str, Any], created_at: datetime) -> dict[str, Any]:
+    # A directory user linked to an AuthKit user carries user_id; otherwise its own id is the
+    # only handle, and applications keyed by directory user id can still act on it.
+    user = _DirectoryUser.model_validate(data)
+    return {
+        "scope": RevocationScope.USER,
+        "user_id": user.user_id or user.id,
+        "organization_id": user.organization_id,
+        "occurred_at": created_at,
+    }
+
+
+def _organization_deleted(data: dict[str, Any], created_at: datetime) -> dict[str, Any]:
+    return {
+        "scope": RevocationScope.ORGANIZATION,
+        "organization_id": _IdOnly.model_validate(data).id,
+        "occurred_at": created_at,
+    }
+
+
+# The WorkOS event types that end sessions, and how each maps to a canonical revocation.
+_MAPPINGS: dict[str, Callable[[dict[str, Any], datetime], dict[str, Any]]] = {
+    "session.revoked": _session_revoked,
+    "user.deleted": _user_deleted,
+    "password_reset.succeeded": _names_a_user,
+    "organization_membership.deleted": _names_a_user,
+    "dsync.user.deleted": _directory_user_deleted,
+    "organization.deleted": _organization_deleted,
+}
+
+ACTED_ON = frozenset(_MAPPINGS)
+
+
 class WorkOSSource:
     """A WorkOS webhook endpoint."""
 
@@ -128,26 +213,21 @@ class WorkOSSource:
             envelope = _Envelope.model_validate_json(body)
         except ValidationError as exc:
             raise MalformedPayload(f"not a WorkOS event: {_summarise(exc)}") from exc
-        if envelope.event != "session.revoked":
+        mapping = _MAPPINGS.get(envelope.event)
+        if mapping is None:
             return Ignored(event_id=envelope.id, type=envelope.event)
         try:
-            session = _Session.model_validate(envelope.data)
             return RevocationEvent(
                 event_id=envelope.id,
                 source=self._name,
                 source_kind=KIND,
                 type=envelope.event,
-                scope=RevocationScope.SESSION,
-                session_id=session.id,
-                user_id=session.user_id,
-                organization_id=session.organization_id,
-                occurred_at=session.ended_at or envelope.created_at,
                 received_at=received_at,
                 payload_sha256=hashlib.sha256(body).hexdigest(),
+                **mapping(envelope.data, envelope.created_at),
             )
         except ValidationError as exc:
-            raise MalformedPayload(f"session.revoked data: {_summarise(exc)}") from exc
-
+            raise MalformedPayload(f"{envelope.event} data: {_summarise(exc)}") from exc
 
 def _summarise(exc: ValidationError) -> str:
     return "; ".join(

@@ -122,3 +122,106 @@ class TestMalformed:
         data["data"]["id"] = "s" * 10_000
         with pytest.raises(MalformedPayload):
             source.parse(json.dumps(data).encode(), RECEIVED)
+
+
+def envelope(event_type: str, data: dict[str, object]) -> bytes:
+    return json.dumps(
+        {
+            "object": "event",
+            "id": "event_x",
+            "event": event_type,
+            "data": data,
+            "created_at": "2026-02-01T10:00:00.000Z",
+        }
+    ).encode()
+
+
+class TestUserAndOrganizationScope:
+    @pytest.mark.parametrize(
+        ("event_type", "data", "scope", "user_id", "org_id"),
+        [
+            (
+                "user.deleted",
+                {"object": "user", "id": "user_1", "email": "a@b.c"},
+                RevocationScope.USER,
+                "user_1",
+                None,
+            ),
+            (
+                "password_reset.succeeded",
+                {
+                    "object": "password_reset",
+                    "id": "password_reset_1",
+                    "user_id": "user_2",
+                    "email": "a@b.c",
+                },
+                RevocationScope.USER,
+                "user_2",
+                None,
+            ),
+            (
+                "organization_membership.deleted",
+                {
+                    "object": "organization_membership",
+                    "id": "om_1",
+                    "user_id": "user_3",
+                    "organization_id": "org_3",
+                    "status": "inactive",
+                },
+                RevocationScope.USER,
+                "user_3",
+                "org_3",
+            ),
+            (
+                "dsync.user.deleted",
+                {
+                    "object": "directory_user",
+                    "id": "directory_user_4",
+                    "user_id": "user_4",
+                    "organization_id": "org_4",
+                },
+                RevocationScope.USER,
+                "user_4",
+                "org_4",
+            ),
+            (
+                "dsync.user.deleted",
+                {"object": "directory_user", "id": "directory_user_5", "organization_id": "org_5"},
+                RevocationScope.USER,
+                "directory_user_5",
+                "org_5",
+            ),
+            (
+                "organization.deleted",
+                {"object": "organization", "id": "org_6", "name": "X"},
+                RevocationScope.ORGANIZATION,
+                None,
+                "org_6",
+            ),
+        ],
+    )
+    def test_event_maps_to_its_scope(
+        self,
+        source: WorkOSSource,
+        event_type: str,
+        data: dict[str, object],
+        scope: RevocationScope,
+        user_id: str | None,
+        org_id: str | None,
+    ) -> None:
+        """Deleting a user, resetting a password or removing a membership ends all its sessions."""
+        event = source.parse(envelope(event_type, data), RECEIVED)
+        assert isinstance(event, RevocationEvent)
+        assert scope == event.scope
+        assert user_id == event.user_id
+        assert org_id == event.organization_id
+        assert event.session_id is None
+        assert datetime(2026, 2, 1, 10, 0, tzinfo=UTC) == event.occurred_at
+
+    @pytest.mark.parametrize(
+        "event_type", ["user.deleted", "password_reset.succeeded", "organization.deleted"]
+    )
+    def test_missing_subject_is_malformed(self, source: WorkOSSource, event_type: str) -> None:
+        """A user- or organization-scope event that names no subject is a 400."""
+        with pytest.raises(MalformedPayload):
+            source.parse(envelope(event_type, {"object": "x"}), RECEIVED)
