@@ -2,6 +2,7 @@
 
 Routes:
     POST /webhooks/{name}   a configured webhook source
+    GET  /webhooks/{name}   a provider's one-time verification handshake (Okta)
     GET  /healthz           the process is alive
     GET  /readyz            the producer holds a live broker connection
     GET  /metrics           Prometheus metrics
@@ -17,24 +18,28 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from structlog.contextvars import bind_contextvars, clear_contextvars
+from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
 from propagator.broker import Connection
+from propagator.dedupe import PublishOnce
 from propagator.errors import (
     BrokerUnavailable,
+    DependencyUnavailable,
     PayloadTooLarge,
     PropagatorError,
+    RateLimited,
     UnknownSource,
 )
 from propagator.metrics import IngestMetrics
-from propagator.publisher import Publisher
+from propagator.ratelimit import RateLimiter
 from propagator.settings import IngestSettings
-from propagator.sources import Ignored, Source
+from propagator.sources import Delivery, Ignored, Outcome, Reply, Result, Source
 
 _log = structlog.get_logger(__name__)
 
 SOURCES: web.AppKey[Mapping[str, Source]] = web.AppKey("sources")
-PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher")
+PUBLISHER: web.AppKey[PublishOnce] = web.AppKey("publisher")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 BROKER: web.AppKey[Connection] = web.AppKey("broker")
 METRICS: web.AppKey[IngestMetrics] = web.AppKey("metrics")
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("ingest_settings")
@@ -59,12 +64,8 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     try:
         return await handler(request)
     except PropagatorError as exc:
-        headers = {}
-        if isinstance(exc, BrokerUnavailable):
-            headers["Retry-After"] = str(request.app[SETTINGS].retry_after_s)
-        log = _log.warning if exc.status >= 500 else _log.info
-        log("request.rejected", status=exc.status, code=exc.code, reason=exc.message)
-        return error_response(exc.status, exc.code, exc.message, headers)
+        _log.info("request.rejected", status=exc.status, code=exc.code, reason=exc.message)
+        return error_response(exc.status, exc.code, exc.message, _retry_after(request, exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -90,46 +91,104 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def receive_webhook(request: web.Request) -> web.Response:
+def _client_address(request: web.Request) -> str:
+    if request.app[SETTINGS].rate_limit.trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    return request.remote or "unknown"
+
+
+def _render(reply: Reply, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+    headers = {**reply.headers, **(extra_headers or {})}
+    if reply.body is None:
+        return web.Response(status=reply.status, headers=headers)
+    return web.json_response(reply.body, status=reply.status, headers=headers)
+
+
+def _source(request: web.Request) -> Source:
     name = request.match_info["name"]
     source = request.app[SOURCES].get(name)
     if source is None:
         raise UnknownSource(f"no webhook source named {name!r}")
+    bind_contextvars(source=name)
+    return source
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    source = _source(request)
+    name = source.name
     metrics = request.app[METRICS]
     received_at = datetime.now(UTC)
-    bind_contextvars(source=name)
     try:
+        request.app[LIMITER].check(name, _client_address(request))
         body = await _read_bounded(request, request.app[SETTINGS].max_body_bytes)
-        # Nothing is parsed, let alone published, before the signature is verified.
-        source.verify(request.headers, body)
-        outcome = source.parse(body, received_at)
-        bind_contextvars(event_id=outcome.event_id)
+        delivery = Delivery(
+            method=request.method,
+            headers=request.headers,
+            body=body,
+            content_type=request.content_type,
+            received_at=received_at,
+        )
+        # Nothing is parsed, let alone published, before the delivery is authenticated.
+        outcomes = await source.receive(delivery)
+        results = [await _publish(request, outcome) for outcome in outcomes]
+    except PropagatorError as exc:
+        metrics.requests.labels(name, exc.code).inc()
+        log = _log.warning if exc.status >= 500 else _log.info
+        log("webhook.rejected", status=exc.status, code=exc.code, reason=exc.message)
+        return _render(source.reply_error(exc), _retry_after(request, exc))
+    outcome = results[0].status if len(results) == 1 else "accepted"
+    metrics.requests.labels(name, outcome).inc()
+    return _render(source.reply(results))
+
+
+async def _publish(request: web.Request, outcome: Outcome) -> Result:
+    metrics = request.app[METRICS]
+    source = request.match_info["name"]
+    with bound_contextvars(event_id=outcome.event_id):
         if isinstance(outcome, Ignored):
-            metrics.ignored.labels(name).inc()
-            metrics.requests.labels(name, "ignored").inc()
+            metrics.ignored.labels(source).inc()
             _log.info("webhook.ignored", type=outcome.type)
-            return web.json_response(
-                {"status": "ignored", "event_id": outcome.event_id, "type": outcome.type}
-            )
+            return Result(outcome.event_id, outcome.type, "ignored")
         if not request.app[BROKER].started:
             raise BrokerUnavailable("not connected to the broker yet")
         started = time.perf_counter()
-        published = await request.app[PUBLISHER].publish(outcome)
-        metrics.publish_seconds.observe(time.perf_counter() - started)
+        status = await request.app[PUBLISHER].publish(outcome)
+        if status == "duplicate":
+            metrics.duplicates.labels(source).inc()
+        else:
+            metrics.publish_seconds.observe(time.perf_counter() - started)
+        _log.info(f"webhook.{status}", type=outcome.type, scope=outcome.scope.value)
+        return Result(outcome.event_id, outcome.type, status)
+
+
+def _retry_after(request: web.Request, exc: PropagatorError) -> dict[str, str]:
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, DependencyUnavailable):
+        return {"Retry-After": str(request.app[SETTINGS].retry_after_s)}
+    return {}
+
+
+async def webhook_challenge(request: web.Request) -> web.Response:
+    """The GET handshake some providers make once (Okta's verification challenge)."""
+    source = _source(request)
+    delivery = Delivery(
+        method="GET",
+        headers=request.headers,
+        body=b"",
+        content_type=request.content_type,
+        received_at=datetime.now(UTC),
+    )
+    try:
+        reply = source.challenge(delivery)
     except PropagatorError as exc:
-        metrics.requests.labels(name, exc.code).inc()
-        raise
-    metrics.requests.labels(name, "published").inc()
-    _log.info(
-        "webhook.published",
-        type=outcome.type,
-        scope=outcome.scope.value,
-        partition=published.partition,
-        offset=published.offset,
-    )
-    return web.json_response(
-        {"status": "published", "event_id": outcome.event_id, "type": outcome.type}
-    )
+        return _render(source.reply_error(exc))
+    if reply is None:
+        raise web.HTTPMethodNotAllowed("GET", ["POST"])
+    return _render(reply)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -151,18 +210,21 @@ def create_app(
     *,
     settings: IngestSettings,
     sources: Mapping[str, Source],
-    publisher: Publisher,
+    publisher: PublishOnce,
     broker: Connection,
+    limiter: RateLimiter,
     metrics: IngestMetrics,
 ) -> web.Application:
     """The ingest application; every I/O client is passed in and owned by the caller."""
     app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
     app[SOURCES] = sources
     app[PUBLISHER] = publisher
+    app[LIMITER] = limiter
     app[BROKER] = broker
     app[METRICS] = metrics
     app[SETTINGS] = settings
     app.router.add_post("/webhooks/{name}", receive_webhook)
+    app.router.add_get("/webhooks/{name}", webhook_challenge)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -23,13 +23,15 @@ from redis.asyncio import Redis
 
 from propagator.app import create_app
 from propagator.broker import BrokerConnection
+from propagator.dedupe import PublishOnce
 from propagator.kafka import TopicSpec, make_producer
 from propagator.logs import configure_logging
 from propagator.metrics import IngestMetrics
 from propagator.publisher import KafkaPublisher
+from propagator.ratelimit import RateLimiter, TokenBuckets
 from propagator.sample import sample_session_revoked, signed_headers
-from propagator.settings import ConfigFileError, Settings, load_settings
-from propagator.sources import Source, WorkOSSource, WorkOSVerifier
+from propagator.settings import ConfigFileError, RateLimitSettings, Settings, load_settings
+from propagator.sources import Source, build_source
 
 _log = structlog.get_logger(__name__)
 
@@ -38,46 +40,101 @@ class UsageError(Exception):
     """A configuration problem the operator must fix; printed without a traceback."""
 
 
-def build_sources(settings: Settings) -> dict[str, Source]:
-    secrets = settings.workos.active_secrets()
-    if not secrets:
-        raise UsageError(
-            "no WorkOS webhook secret configured: set PROPAGATOR_WORKOS__SECRETS "
-            "or PROPAGATOR_WORKOS__SECRET_FILE"
-        )
-    verifier = WorkOSVerifier(secrets=secrets, tolerance_s=settings.workos.tolerance_s)
-    return {settings.workos.name: WorkOSSource(name=settings.workos.name, verifier=verifier)}
+def build_sources(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Source]:
+    """Every configured source, by name; a configuration problem is a UsageError."""
+    sources: dict[str, Source] = {}
+    for config in settings.effective_sources():
+        try:
+            sources[config.name] = build_source(config, http=http)
+        except (ValueError, OSError) as exc:
+            hint = ""
+            if config.kind == "workos" and not settings.sources:
+                hint = " (set PROPAGATOR_WORKOS__SECRETS or PROPAGATOR_WORKOS__SECRET_FILE)"
+            raise UsageError(f"source {config.name!r} ({config.kind}): {exc}{hint}") from exc
+    return sources
+
+
+def build_rate_limiter(settings: RateLimitSettings) -> RateLimiter:
+    return RateLimiter(
+        per_source=(
+            TokenBuckets(rate=settings.per_source_rps, burst=settings.per_source_burst)
+            if settings.per_source_rps > 0
+            else None
+        ),
+        per_client=(
+            TokenBuckets(rate=settings.per_client_rps, burst=settings.per_client_burst)
+            if settings.per_client_rps > 0
+            else None
+        ),
+    )
 
 
 async def build_ingest_app(settings: Settings) -> web.Application:
     """Create the clients (inside the running loop, as aiokafka requires) and the app."""
-    sources = build_sources(settings)
-    producer = make_producer(settings.kafka)
-    kafka = settings.kafka
-    broker = BrokerConnection(
-        producer=producer,
-        bootstrap_servers=kafka.bootstrap_servers,
-        topics=[TopicSpec(kafka.topic, kafka.topic_partitions, kafka.topic_replication_factor)],
+    http = aiohttp.ClientSession()
+    redis = (
+        Redis.from_url(
+            settings.redis.url,
+            socket_timeout=settings.redis.socket_timeout_s,
+            socket_connect_timeout=settings.redis.socket_timeout_s,
+        )
+        if settings.ingest.dedupe
+        else None
     )
-    return create_app(
-        settings=settings.ingest,
-        sources=sources,
+    try:
+        sources = build_sources(settings, http)
+    except UsageError:
+        await http.close()
+        if redis is not None:
+            await redis.aclose()
+        raise
+    kafka = settings.kafka
+    producer = make_producer(kafka)
+    metrics = IngestMetrics(CollectorRegistry())
+    publisher = PublishOnce(
         publisher=KafkaPublisher(
             producer=producer, topic=kafka.topic, timeout_s=kafka.publish_timeout_s
         ),
-        broker=broker,
-        metrics=IngestMetrics(CollectorRegistry()),
+        redis=redis,
+        key_prefix=settings.ingest.dedupe_key_prefix,
+        ttl_s=settings.ingest.dedupe_ttl_s,
+        wait_for_other_s=kafka.publish_timeout_s,
+        on_degraded=metrics.dedupe_degraded.inc,
     )
+    app = create_app(
+        settings=settings.ingest,
+        sources=sources,
+        publisher=publisher,
+        broker=BrokerConnection(
+            producer=producer,
+            bootstrap_servers=kafka.bootstrap_servers,
+            topics=[TopicSpec(kafka.topic, kafka.topic_partitions, kafka.topic_replication_factor)],
+        ),
+        limiter=build_rate_limiter(settings.ingest.rate_limit),
+        metrics=metrics,
+    )
+
+    async def _close_clients(_: web.Application) -> None:
+        await http.close()
+        if redis is not None:
+            await redis.aclose()
+
+    app.on_cleanup.append(_close_clients)
+    return app
 
 
 def _ingest(settings: Settings) -> int:
-    build_sources(settings)  # fail fast, before binding the port, when no secret is set
+    async def validate() -> None:
+        async with aiohttp.ClientSession() as http:
+            build_sources(settings, http)
+
+    asyncio.run(validate())  # fail fast, before binding the port
     _log.info(
         "ingest.starting",
         host=settings.ingest.host,
         port=settings.ingest.port,
         topic=settings.kafka.topic,
-        sources=[settings.workos.name],
+        sources={c.name: c.kind for c in settings.effective_sources()},
     )
     web.run_app(
         build_ingest_app(settings),

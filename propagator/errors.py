@@ -6,9 +6,15 @@
     │   ├── TimestampOutOfTolerance      401 timestamp_out_of_tolerance
     │   ├── MalformedPayload             400 malformed_payload
     │   ├── PayloadTooLarge              413 payload_too_large
-    │   └── UnknownSource                404 unknown_source
+    │   ├── UnknownSource                404 unknown_source
+    │   ├── TokenInvalid                 400 invalid_token (or a more precise code: invalid_issuer,
+    │   │                                    invalid_audience, token_expired, unknown_key, ...)
+    │   ├── Unauthorized                 401 unauthorized (a shared Authorization value is wrong)
+    │   ├── UnsupportedMediaType         415 unsupported_media_type
+    │   └── RateLimited                  429 rate_limited (with Retry-After)
     ├── DependencyUnavailable            retriable = True: try again later
     │   ├── BrokerUnavailable            503 broker_unavailable (ingest adds Retry-After)
+    │   ├── KeysUnavailable              503 keys_unavailable: an issuer's JWKS cannot be fetched
     │   └── SinkUnavailable              a downstream (Redis, HTTP subscriber) is down
     ├── PublishFailed                    500 publish_failed: the broker refused the record
     ├── SinkRejected                     a downstream refused the change for good
@@ -33,9 +39,12 @@ class PropagatorError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            # A more precise code than the class's, e.g. TokenInvalid(code="invalid_audience").
+            self.code = code
 
 
 class RequestRejected(PropagatorError):
@@ -68,6 +77,30 @@ class UnknownSource(RequestRejected):
     code = "unknown_source"
 
 
+class TokenInvalid(RequestRejected):
+    status = 400
+    code = "invalid_token"
+
+
+class Unauthorized(RequestRejected):
+    status = 401
+    code = "unauthorized"
+
+
+class UnsupportedMediaType(RequestRejected):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(RequestRejected):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DependencyUnavailable(PropagatorError):
     retriable = True
     status = 503
@@ -76,6 +109,10 @@ class DependencyUnavailable(PropagatorError):
 
 class BrokerUnavailable(DependencyUnavailable):
     code = "broker_unavailable"
+
+
+class KeysUnavailable(DependencyUnavailable):
+    code = "keys_unavailable"
 
 
 class SinkUnavailable(DependencyUnavailable):

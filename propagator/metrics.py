@@ -22,6 +22,17 @@ class IngestMetrics:
             ["source"],
             registry=registry,
         )
+        self.duplicates = Counter(
+            "propagator_ingest_duplicates_total",
+            "Deliveries of an event id already published (redeliveries and replays).",
+            ["source"],
+            registry=registry,
+        )
+        self.dedupe_degraded = Counter(
+            "propagator_ingest_dedupe_degraded_total",
+            "Events published without the duplicate check because Redis was unreachable.",
+            registry=registry,
+        )
         self.publish_seconds = Histogram(
             "propagator_ingest_publish_seconds",
             "Time from send to the broker's acknowledgement.",

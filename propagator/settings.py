@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +20,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from propagator.sources import SourceConfig, WorkOSConfig
+from propagator.sources._secrets import read_secrets
 
 CONFIG_ENV_VAR = "PROPAGATOR_CONFIG"
 
@@ -45,12 +48,29 @@ class RedisSettings(_Section):
     socket_timeout_s: float = Field(default=2.0, gt=0)
 
 
+class RateLimitSettings(_Section):
+    """Token buckets per source and per client address; 0 disables a limit."""
+
+    per_source_rps: float = Field(default=5000.0, ge=0)
+    per_source_burst: int = Field(default=10000, ge=1)
+    per_client_rps: float = Field(default=1000.0, ge=0)
+    per_client_burst: int = Field(default=2000, ge=1)
+    # Behind a trusted proxy, take the client address from X-Forwarded-For.
+    trust_forwarded_for: bool = False
+
+
 class IngestSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # Sent with 503 answers so that the identity provider retries.
     retry_after_s: int = Field(default=5, ge=1)
+    # The same event id (per source) is published once within this window; the state lives in
+    # Redis (redis.url). When Redis is down, events are published anyway and counted.
+    dedupe: bool = True
+    dedupe_ttl_s: int = Field(default=24 * 3600, ge=60)
+    dedupe_key_prefix: str = "propagator:dedupe:"
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
 
 class WorkOSSettings(_Section):
@@ -72,11 +92,16 @@ class WorkOSSettings(_Section):
 
     def active_secrets(self) -> list[bytes]:
         """Every accepted secret, as the HMAC key bytes WorkOS uses (UTF-8, as is)."""
-        found = [s.get_secret_value() for s in self.secrets]
-        if self.secret_file is not None:
-            lines = self.secret_file.read_text(encoding="utf-8").splitlines()
-            found.extend(line.strip() for line in lines if line.strip())
-        return [s.encode() for s in found]
+        return [s.encode() for s in read_secrets(self.secrets, self.secret_file)]
+
+    def as_source(self) -> WorkOSConfig:
+        return WorkOSConfig(
+            name=self.name,
+            kind="workos",
+            secrets=list(self.secrets),
+            secret_file=self.secret_file,
+            tolerance_s=self.tolerance_s,
+        )
 
 
 class DenylistSettings(_Section):
@@ -116,10 +141,23 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     ingest: IngestSettings = IngestSettings()
+    # With no `sources`, the single WorkOS source of the `workos` section is served.
+    sources: list[SourceConfig] = Field(default_factory=list)
     workos: WorkOSSettings = WorkOSSettings()
     denylist: DenylistSettings = DenylistSettings()
     worker: WorkerSettings = WorkerSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> Self:
+        names = [s.name for s in self.sources]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"source names must be unique: {sorted(duplicates)}")
+        return self
+
+    def effective_sources(self) -> list[SourceConfig]:
+        return list(self.sources) if self.sources else [self.workos.as_source()]
 
     @classmethod
     def settings_customise_sources(

@@ -1,13 +1,25 @@
-"""The shape every webhook source has."""
+"""The shape every webhook source has, and the answers it gives."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
+from propagator.errors import PropagatorError
 from schemas import RevocationEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook request as a source sees it: raw bytes, case-insensitive headers."""
+
+    method: str
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str
+    received_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +31,25 @@ class Ignored:
 
 
 Outcome = RevocationEvent | Ignored
+Status = Literal["published", "duplicate", "ignored"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What became of one event of a delivery."""
+
+    event_id: str
+    type: str
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer, rendered as JSON (or an empty body when ``body`` is None)."""
+
+    status: int
+    body: dict[str, Any] | None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -30,8 +61,43 @@ class Source(Protocol):
     @property
     def kind(self) -> str: ...
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        """Raise SignatureInvalid or TimestampOutOfTolerance unless the body is authentic."""
+    async def receive(self, delivery: Delivery) -> Sequence[Outcome]:
+        """Authenticate the delivery, then map it to events; raise RequestRejected if not."""
 
-    def parse(self, body: bytes, received_at: datetime) -> Outcome:
-        """Map a verified body to a canonical event; raise ``MalformedPayload`` if it is not one."""
+    def reply(self, results: Sequence[Result]) -> Reply:
+        """The success answer the sender expects."""
+
+    def reply_error(self, error: PropagatorError) -> Reply:
+        """The error answer in the sender's protocol (its status and body shape)."""
+
+    def challenge(self, delivery: Delivery) -> Reply | None:
+        """The answer to a GET handshake, or None when the kind has none."""
+
+
+class WebhookSource:
+    """Default answers: 200 with a status per event; errors as ``{"error": {code, message}}``."""
+
+    success_status = 200
+
+    def reply(self, results: Sequence[Result]) -> Reply:
+        if len(results) == 1:
+            only = results[0]
+            return Reply(
+                self.success_status,
+                {"status": only.status, "event_id": only.event_id, "type": only.type},
+            )
+        return Reply(
+            self.success_status,
+            {
+                "status": "accepted",
+                "events": [
+                    {"status": r.status, "event_id": r.event_id, "type": r.type} for r in results
+                ],
+            },
+        )
+
+    def reply_error(self, error: PropagatorError) -> Reply:
+        return Reply(error.status, {"error": {"code": error.code, "message": error.message}})
+
+    def challenge(self, delivery: Delivery) -> Reply | None:
+        return None

@@ -14,12 +14,15 @@ import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from propagator.errors import MalformedPayload, SignatureInvalid, TimestampOutOfTolerance
-from propagator.sources._base import Ignored, Outcome
+from propagator.sources._base import Delivery, Ignored, Outcome, WebhookSource
+from propagator.sources._mapping import summarise
+from propagator.sources._secrets import SecretList, read_secrets
 from schemas import RevocationEvent, RevocationScope
 
 HEADER = "WorkOS-Signature"
@@ -192,7 +195,17 @@ _MAPPINGS: dict[str, Callable[[dict[str, Any], datetime], dict[str, Any]]] = {
 ACTED_ON = frozenset(_MAPPINGS)
 
 
-class WorkOSSource:
+class WorkOSConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    kind: Literal["workos"]
+    secrets: SecretList = Field(default_factory=list)
+    secret_file: Path | None = None
+    tolerance_s: float = Field(default=180.0, gt=0)
+
+
+class WorkOSSource(WebhookSource):
     """A WorkOS webhook endpoint."""
 
     kind = KIND
@@ -208,11 +221,15 @@ class WorkOSSource:
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         self._verifier.verify(headers.get(HEADER), body)
 
+    async def receive(self, delivery: Delivery) -> Sequence[Outcome]:
+        self.verify(delivery.headers, delivery.body)
+        return [self.parse(delivery.body, delivery.received_at)]
+
     def parse(self, body: bytes, received_at: datetime) -> Outcome:
         try:
             envelope = _Envelope.model_validate_json(body)
         except ValidationError as exc:
-            raise MalformedPayload(f"not a WorkOS event: {_summarise(exc)}") from exc
+            raise MalformedPayload(f"not a WorkOS event: {summarise(exc)}") from exc
         mapping = _MAPPINGS.get(envelope.event)
         if mapping is None:
             return Ignored(event_id=envelope.id, type=envelope.event)
@@ -227,9 +244,10 @@ class WorkOSSource:
                 **mapping(envelope.data, envelope.created_at),
             )
         except ValidationError as exc:
-            raise MalformedPayload(f"{envelope.event} data: {_summarise(exc)}") from exc
+            raise MalformedPayload(f"{envelope.event} data: {summarise(exc)}") from exc
 
-def _summarise(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )
+
+def build(config: WorkOSConfig) -> WorkOSSource:
+    secrets = [s.encode() for s in read_secrets(config.secrets, config.secret_file)]
+    verifier = WorkOSVerifier(secrets=secrets, tolerance_s=config.tolerance_s)
+    return WorkOSSource(name=config.name, verifier=verifier)

@@ -11,9 +11,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from propagator.app import create_app
+from propagator.dedupe import PublishOnce
 from propagator.errors import BrokerUnavailable
 from propagator.metrics import IngestMetrics
 from propagator.publisher import Published
+from propagator.ratelimit import RateLimiter, TokenBuckets
 from propagator.sample import sample_session_revoked, signed_headers
 from propagator.settings import IngestSettings
 from propagator.sources import WorkOSSource, WorkOSVerifier, sign_workos
@@ -69,14 +71,20 @@ class Harness:
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+def limiter() -> RateLimiter:
+    return RateLimiter(per_source=None, per_client=None)
+
+
+@pytest.fixture
+async def harness(limiter: RateLimiter) -> AsyncIterator[Harness]:
     publisher, broker = FakePublisher(), FakeBroker()
     metrics = IngestMetrics(CollectorRegistry())
     app = create_app(
         settings=IngestSettings(max_body_bytes=4096, retry_after_s=7),
         sources={"workos": WorkOSSource(name="workos", verifier=WorkOSVerifier(secrets=[SECRET]))},
-        publisher=publisher,
+        publisher=PublishOnce(publisher=publisher, redis=None),
         broker=broker,
+        limiter=limiter,
         metrics=metrics,
     )
     async with TestClient(TestServer(app)) as client:
@@ -241,3 +249,26 @@ class TestProbes:
         resp = await harness.client.get("/metrics")
         assert 200 == resp.status
         assert "propagator_ingest_publish_seconds" in await resp.text()
+
+
+class TestRateLimit:
+    @pytest.fixture
+    def limiter(self) -> RateLimiter:
+        clock = [0.0]
+        return RateLimiter(
+            per_source=None,
+            per_client=TokenBuckets(rate=1, burst=2, clock=lambda: clock[0]),
+        )
+
+    async def test_client_over_its_rate_gets_429_with_retry_after(self, harness: Harness) -> None:
+        """After the burst, a client is refused with 429 and told when to come back."""
+        statuses = []
+        for _ in range(3):
+            body = sample_session_revoked()
+            statuses.append((await harness.post(body, signed_headers(SECRET, body))).status)
+        assert [200, 200, 429] == statuses
+        body = sample_session_revoked()
+        resp = await harness.post(body, signed_headers(SECRET, body))
+        assert "rate_limited" == await error_code(resp)
+        assert 1 <= int(resp.headers["Retry-After"])
+        assert 2 == len(harness.publisher.published)
