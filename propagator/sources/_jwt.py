@@ -132,6 +132,8 @@ _PYJWT_CODES: list[tuple[type[jwt.PyJWTError], str]] = [
     (jwt.MissingRequiredClaimError, "missing_claim"),
     (jwt.InvalidAlgorithmError, "unsupported_algorithm"),
     (jwt.InvalidIssuedAtError, "invalid_iat"),
+    (jwt.exceptions.InvalidSubjectError, "invalid_subject"),
+    (jwt.exceptions.InvalidJTIError, "invalid_claims"),
     (jwt.DecodeError, "malformed_token"),
 ]
 
