@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from propagator.kafka import TopicSpec, ensure_topics
 from propagator.settings import (
     DenylistSettings,
+    IngestSettings,
     KafkaSettings,
     LogSettings,
     RedisSettings,
@@ -85,10 +86,12 @@ async def redis(unique: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def settings(topic: str, unique: str) -> Settings:
+def settings(topic: str, unique: str, redis: Redis) -> Settings:
+    # Depends on `redis` so that the test's keys (denylist and dedupe) are removed afterwards.
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=KAFKA_BOOTSTRAP, topic=topic, topic_partitions=3),
         redis=RedisSettings(url=REDIS_URL),
+        ingest=IngestSettings(dedupe_key_prefix=f"test:{unique}:dedupe:"),
         workos=WorkOSSettings(secrets=[SECRET]),  # type: ignore[list-item]
         denylist=DenylistSettings(
             key_prefix=f"test:{unique}:revoked:", max_session_lifetime_s=3600
@@ -145,3 +148,28 @@ async def committed_offsets(group_id: str, topic: str, partitions: int) -> int:
         return total
     finally:
         await consumer.stop()
+
+
+async def read_events(topic: str, expected: int, *, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Read records from the start of the topic until ``expected`` arrived (or the deadline)."""
+    import json
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=KAFKA_BOOTSTRAP,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen: list[dict[str, Any]] = []
+    try:
+
+        async def enough() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            seen.extend(json.loads(r.value) for rs in batch.values() for r in rs)
+            return len(seen) >= expected
+
+        await wait_for(enough, timeout=timeout)
+    finally:
+        await consumer.stop()
+    return seen

@@ -36,6 +36,7 @@ def env(settings: Settings) -> dict[str, str]:
             "PROPAGATOR_KAFKA__TOPIC_PARTITIONS": "3",
             "PROPAGATOR_REDIS__URL": REDIS_URL,
             "PROPAGATOR_DENYLIST__KEY_PREFIX": settings.denylist.key_prefix,
+            "PROPAGATOR_INGEST__DEDUPE_KEY_PREFIX": settings.ingest.dedupe_key_prefix,
             "PROPAGATOR_WORKER__SUBSCRIBER": settings.worker.subscriber,
             "PROPAGATOR_INGEST__PORT": str(free_port()),
             "PROPAGATOR_WORKOS__SECRETS": SECRET,
