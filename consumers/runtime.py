@@ -1,33 +1,49 @@
-"""The consume → apply → commit loop of one subscriber.
+"""The consume → apply → commit loops of one subscriber.
 
 At-least-once: a partition's offset is committed only after every record before it was
-applied by the sink or forwarded to the dead-letter topic. A retriable failure (the
-downstream is unreachable) is retried with capped exponential backoff and jitter, holding
-the partition rather than dead-lettering; a permanent failure dead-letters the record.
+applied by the sink, forwarded to a retry topic, or dead-lettered.
+
+* A batch is applied with a few quick in-process retries (tenacity: exponential backoff with
+  jitter, bounded to a few seconds). When it still fails, records are applied one by one so
+  that one bad record cannot hold the others back.
+* A record that fails transiently goes to the next delayed retry topic and the partition
+  moves on; a permanent failure (or an undecodable record) goes to the dead-letter topic.
+* When the downstream itself is down, the circuit opens: the loop pauses its partitions,
+  holds the records and probes until the downstream answers. Nothing is dead-lettered just
+  because the downstream was down; lag grows and drains afterwards.
+* The retry loop waits for a record to become due by pausing its partition until then,
+  never by sleeping per record.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 from structlog.contextvars import bound_contextvars
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from consumers.dead_letters import DeadLetters
+from consumers.circuit import CircuitBreaker, CircuitOpen
+from consumers.config import EventFilter, RetryPolicy
+from consumers.forwarding import H_DUE, Forwarder, headers_of
 from consumers.sinks import Sink
-from propagator.errors import InvalidRecord, PropagatorError, SinkRejected
+from propagator.errors import (
+    DependencyUnavailable,
+    InvalidRecord,
+    PropagatorError,
+    SinkDown,
+    SinkRejected,
+    SinkUnavailable,
+)
 from schemas import RevocationEvent
 
 _log = structlog.get_logger(__name__)
@@ -36,140 +52,23 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 @dataclass
-class WorkerStats:
-    """Counts since start; the worker's metrics read them."""
+class SubscriberStats:
+    """Counts since start; the worker's metrics and tests read them."""
 
     applied: int = 0
+    filtered: int = 0
+    retried: int = 0
+    forwarded_to_retry: int = 0
     dead_lettered: int = 0
-    retries: int = 0
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    latencies_s: list[float] = field(default_factory=list)
 
 
-class _Stopping(Exception):
-    """Raised inside a retry loop when shutdown was requested; nothing is committed."""
+class Stopping(Exception):
+    """Shutdown began while records were held: abandon them uncommitted, for redelivery."""
 
 
-class SubscriberWorker:
-    """Runs one subscriber's consumer group against one sink."""
-
-    def __init__(
-        self,
-        *,
-        consumer: AIOKafkaConsumer,
-        sink: Sink,
-        dead_letters: DeadLetters,
-        subscriber: str,
-        max_batch: int = 500,
-        max_backoff_s: float = 5.0,
-        poll_timeout_ms: int = 500,
-    ) -> None:
-        self._consumer = consumer
-        self._sink = sink
-        self._dead_letters = dead_letters
-        self._subscriber = subscriber
-        self._max_batch = max_batch
-        self._max_backoff_s = max_backoff_s
-        self._poll_timeout_ms = poll_timeout_ms
-        self._stop = asyncio.Event()
-        self.stats = WorkerStats()
-
-    def stop(self) -> None:
-        """Finish or abandon the in-flight batch, commit what was applied, and return."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            batches = await self._consumer.getmany(
-                timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
-            )
-            for tp, records in batches.items():
-                try:
-                    await self._process(tp, records)
-                except _Stopping:
-                    _log.info(
-                        "worker.abandoned_batch", partition=tp.partition, records=len(records)
-                    )
-                    return
-
-    async def _process(self, tp: TopicPartition, records: Sequence[Record]) -> None:
-        events: list[tuple[Record, RevocationEvent]] = []
-        for record in records:
-            try:
-                events.append((record, _decode(record)))
-            except InvalidRecord as exc:
-                await self._dead_letter(record, exc, attempts=1)
-        if events:
-            try:
-                await self._apply_with_retry([event for _, event in events])
-                self.stats.applied += len(events)
-            except SinkRejected:
-                # One bad event must not hold the others back: find it record by record.
-                await self._apply_one_by_one(events)
-        for record, event in events:
-            with bound_contextvars(event_id=event.event_id):
-                _log.debug("event.applied", sink=self._sink.kind, offset=record.offset)
-        await self._commit(tp, records[-1].offset + 1)
-
-    async def _apply_one_by_one(self, events: Sequence[tuple[Record, RevocationEvent]]) -> None:
-        for record, event in events:
-            with bound_contextvars(event_id=event.event_id):
-                try:
-                    await self._apply_with_retry([event])
-                    self.stats.applied += 1
-                except SinkRejected as exc:
-                    await self._dead_letter(record, exc, attempts=1)
-
-    async def _apply_with_retry(self, events: Sequence[RevocationEvent]) -> None:
-        await self._with_retry(lambda: self._sink.apply(events))
-
-    async def _with_retry(self, call: Callable[[], Awaitable[None]]) -> None:
-        """Retry retriable failures with capped backoff until they pass or shutdown begins."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(
-                lambda exc: isinstance(exc, PropagatorError) and exc.retriable
-            ),
-            wait=wait_exponential_jitter(multiplier=0.1, jitter=0.2, max=self._max_backoff_s),
-            before_sleep=self._before_retry,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                if self._stop.is_set() and attempt.retry_state.attempt_number > 1:
-                    raise _Stopping
-                await call()
-
-    def _before_retry(self, state: object) -> None:
-        self.stats.retries += 1
-        outcome = getattr(state, "outcome", None)
-        error = outcome.exception() if outcome is not None else None
-        _log.warning(
-            "sink.retrying",
-            subscriber=self._subscriber,
-            attempt=getattr(state, "attempt_number", None),
-            error=str(error),
-        )
-
-    async def _dead_letter(self, record: Record, error: PropagatorError, attempts: int) -> None:
-        await self._with_retry(lambda: self._dead_letters.forward(record, error, attempts))
-        self.stats.dead_lettered += 1
-        _log.error(
-            "event.dead_lettered",
-            topic=self._dead_letters.topic,
-            partition=record.partition,
-            offset=record.offset,
-            code=error.code,
-            error=error.message,
-        )
-
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
-        try:
-            await self._consumer.commit({tp: offset})
-        except (CommitFailedError, KafkaError) as exc:
-            # The partition moved to another member; it resumes from the last commit, and
-            # the sink's idempotence absorbs the repeat.
-            _log.warning("worker.commit_failed", partition=tp.partition, error=str(exc))
-            return
-        self.stats.committed[tp] = offset
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, PropagatorError) and exc.retriable
 
 
 def _decode(record: Record) -> RevocationEvent:
@@ -178,6 +77,252 @@ def _decode(record: Record) -> RevocationEvent:
     try:
         return RevocationEvent.from_bytes(record.value)
     except ValidationError as exc:
-        raise InvalidRecord(
-            f"not a revocation event: {exc.error_count()} validation errors"
-        ) from exc
+        raise InvalidRecord(f"not a revocation event: {exc.error_count()} errors") from exc
+
+
+class Delivery:
+    """Applies records to one subscriber's sink, forwarding what cannot be applied now."""
+
+    def __init__(
+        self,
+        *,
+        subscriber: str,
+        sink: Sink,
+        forwarder: Forwarder,
+        circuit: CircuitBreaker,
+        event_filter: EventFilter,
+        retry: RetryPolicy,
+        stop: asyncio.Event,
+    ) -> None:
+        self.subscriber = subscriber
+        self._sink = sink
+        self._forwarder = forwarder
+        self.circuit = circuit
+        self._filter = event_filter
+        self._retry = retry
+        self._stop = stop
+        self.stats = SubscriberStats()
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        """Return once every record is applied, forwarded or dead-lettered; else raise
+        CircuitOpen (hold them) or Stopping (abandon them)."""
+        wanted: list[tuple[Record, RevocationEvent]] = []
+        for record in records:
+            try:
+                event = _decode(record)
+            except InvalidRecord as exc:
+                await self._forward(record, exc, attempts=1)
+                continue
+            if self._filter.matches(event):
+                wanted.append((record, event))
+            else:
+                self.stats.filtered += 1
+        if not wanted:
+            return
+        try:
+            await self._apply([event for _, event in wanted])
+        except SinkDown as exc:
+            self.circuit.failure(down=True)
+            raise CircuitOpen(exc.message) from exc
+        except (SinkUnavailable, SinkRejected):
+            # Find the culprits one by one; the others are applied now.
+            for record, event in wanted:
+                await self._one(record, event)
+            return
+        self._applied(wanted)
+
+    async def _one(self, record: Record, event: RevocationEvent) -> None:
+        with bound_contextvars(event_id=event.event_id):
+            try:
+                await self._apply([event])
+            except SinkDown as exc:
+                self.circuit.failure(down=True)
+                raise CircuitOpen(exc.message) from exc
+            except SinkUnavailable as exc:
+                self.circuit.failure(down=False)
+                if self.circuit.is_open:
+                    raise CircuitOpen(exc.message) from exc
+                await self._forward(record, exc, attempts=self._retry.attempts)
+                return
+            except SinkRejected as exc:
+                await self._forward(record, exc, attempts=1)
+                return
+            self._applied([(record, event)])
+
+    def _applied(self, applied: Sequence[tuple[Record, RevocationEvent]]) -> None:
+        self.circuit.success()
+        now = time.time()
+        for _, event in applied:
+            self.stats.latencies_s.append(now - event.received_at.timestamp())
+        del self.stats.latencies_s[:-10_000]
+        self.stats.applied += len(applied)
+
+    async def _apply(self, events: Sequence[RevocationEvent]) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: _retriable(e) and not isinstance(e, SinkDown)),
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=self._wait,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stop.is_set() and attempt.retry_state.attempt_number > 1:
+                    raise Stopping
+                await self._sink.apply(events)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exponential = min(0.1 * 2.0 ** (state.attempt_number - 1), self._retry.max_backoff_s)
+        jitter = exponential * 0.5 * (time.time() % 1)  # cheap jitter, no shared RNG state
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        retry_after = float(getattr(error, "retry_after_s", None) or 0.0)
+        # A Retry-After longer than the in-process budget is honoured by the retry topics.
+        return min(max(exponential + jitter, retry_after), self._retry.max_backoff_s)
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        self.stats.retried += 1
+        outcome = state.outcome
+        _log.info(
+            "sink.retrying",
+            subscriber=self.subscriber,
+            attempt=state.attempt_number,
+            error=str(outcome.exception()) if outcome is not None else None,
+        )
+
+    async def _forward(self, record: Record, error: PropagatorError, attempts: int) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                topic = await self._forwarder.forward(record, error, attempts)
+                break
+            except DependencyUnavailable as exc:
+                # The broker is down too: nothing may be committed until the record is safe.
+                _log.warning("forward.retrying", subscriber=self.subscriber, error=exc.message)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._stop.wait()
+                if self._stop.is_set():
+                    raise Stopping from exc
+                backoff = min(backoff * 2, 5.0)
+        if topic == self._forwarder.dead_letter_topic:
+            self.stats.dead_lettered += 1
+            _log.error(
+                "event.dead_lettered",
+                subscriber=self.subscriber,
+                partition=record.partition,
+                offset=record.offset,
+                code=error.code,
+                error=error.message,
+            )
+        else:
+            self.stats.forwarded_to_retry += 1
+            _log.warning(
+                "event.retry_scheduled", subscriber=self.subscriber, topic=topic, code=error.code
+            )
+
+
+class ConsumerLoop:
+    """One consumer group's loop: fetch, deliver, commit; hold while the circuit is open.
+
+    With ``delayed=True`` it serves the retry topics: a record not yet due stays unread, its
+    partition paused until the due time.
+    """
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        delivery: Delivery,
+        stop: asyncio.Event,
+        delayed: bool = False,
+        max_batch: int = 500,
+        poll_timeout_ms: int = 500,
+    ) -> None:
+        self._consumer = consumer
+        self._delivery = delivery
+        self._stop = stop
+        self._delayed = delayed
+        self._max_batch = max_batch
+        self._poll_timeout_ms = poll_timeout_ms
+        self._resume_at: dict[TopicPartition, asyncio.TimerHandle] = {}
+
+    async def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batches = await self._consumer.getmany(
+                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
+                )
+                for tp, records in batches.items():
+                    if self._stop.is_set():
+                        break
+                    await self._partition(tp, records)
+        except Stopping:
+            _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
+        finally:
+            for handle in self._resume_at.values():
+                handle.cancel()
+
+    async def _partition(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+        due = records
+        if self._delayed:
+            due = self._due_prefix(tp, records)
+            if not due:
+                return
+        await self._with_circuit(tp, due)
+        await self._commit(tp, due[-1].offset + 1)
+
+    def _due_prefix(self, tp: TopicPartition, records: Sequence[Record]) -> Sequence[Record]:
+        now_ms = time.time() * 1000
+        for index, record in enumerate(records):
+            due_at = int(headers_of(record).get(H_DUE, "0"))
+            if due_at > now_ms:
+                # Records of one level are due in order: wait for this one, read it again then.
+                self._consumer.seek(tp, record.offset)
+                self._consumer.pause(tp)
+                loop = asyncio.get_running_loop()
+                self._resume_at[tp] = loop.call_later((due_at - now_ms) / 1000, self._resume, tp)
+                return records[:index]
+        return records
+
+    def _resume(self, tp: TopicPartition) -> None:
+        self._resume_at.pop(tp, None)
+        if tp in self._consumer.assignment():
+            self._consumer.resume(tp)
+
+    async def _with_circuit(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+        circuit = self._delivery.circuit
+        while True:
+            with contextlib.suppress(CircuitOpen):
+                await self._delivery.handle(records)
+                return
+            # Paused partitions still let the consumer poll, so it keeps its group membership.
+            paused = set(self._consumer.assignment())
+            self._consumer.pause(*paused)
+            try:
+                delay = circuit.next_probe_in()
+                _log.info("circuit.holding", subscriber=self._delivery.subscriber, probe_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                if self._stop.is_set():
+                    raise Stopping
+                # Anything fetched meanwhile (a partition assigned during the hold) is read
+                # again later: seek back so that no record is skipped.
+                for fetched_tp, fetched in (await self._consumer.getmany(timeout_ms=0)).items():
+                    self._consumer.seek(fetched_tp, fetched[0].offset)
+            finally:
+                resumable = [
+                    p
+                    for p in paused
+                    if p in self._consumer.assignment() and p not in self._resume_at
+                ]
+                self._consumer.resume(*resumable)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            await self._consumer.commit({tp: offset})
+        except KafkaError as exc:
+            # The partition moved to another member; it resumes from the last commit, and
+            # the sink's idempotence absorbs the repeat.
+            _log.warning("worker.commit_failed", partition=tp.partition, error=str(exc))

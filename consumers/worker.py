@@ -1,17 +1,30 @@
-"""Wires one subscriber from settings: Redis, Kafka consumer and producer, sink, runtime."""
+"""Wires the subscribers from settings: shared clients, one delivery and two loops each.
+
+Each subscriber has its own consumer group on the main topic (``propagator.{name}``) and
+another on its retry topics (``propagator.{name}.retry``), so that one subscriber's outage,
+retries and lag never touch the others. The Redis clients, the HTTP client session and the
+producer that forwards failures are created once here and shared.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import aiohttp
 import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
-from consumers.dead_letters import DeadLetters, dead_letter_topic
-from consumers.runtime import SubscriberWorker
-from consumers.sinks import RedisDenylistSink
+from consumers.circuit import CircuitBreaker
+from consumers.config import SubscriberConfig, dead_letter_topic, retry_topic
+from consumers.forwarding import Forwarder, Route
+from consumers.runtime import ConsumerLoop, Delivery
+from consumers.sinks import Sink, build_sink
+from consumers.sinks.http import HttpSinkConfig, make_http_session
 from propagator.errors import DependencyUnavailable, map_kafka_errors
 from propagator.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from propagator.settings import Settings
@@ -19,23 +32,44 @@ from propagator.settings import Settings
 _log = structlog.get_logger(__name__)
 
 
-def topics_for(settings: Settings) -> list[TopicSpec]:
+def topics_for(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> list[TopicSpec]:
     kafka = settings.kafka
-    return [
-        TopicSpec(kafka.topic, kafka.topic_partitions, kafka.topic_replication_factor),
-        TopicSpec(
-            dead_letter_topic(kafka.topic, settings.worker.subscriber),
-            1,
-            kafka.topic_replication_factor,
-        ),
-    ]
+    specs = [TopicSpec(kafka.topic, kafka.topic_partitions, kafka.topic_replication_factor)]
+    for sub in subscribers:
+        for level in range(len(sub.retry.delays_s)):
+            specs.append(
+                TopicSpec(
+                    retry_topic(kafka.topic, sub.name, level),
+                    kafka.topic_partitions,
+                    kafka.topic_replication_factor,
+                )
+            )
+        specs.append(
+            TopicSpec(dead_letter_topic(kafka.topic, sub.name), 1, kafka.topic_replication_factor)
+        )
+    return specs
 
 
-async def _until_broker_answers(settings: Settings, stop: asyncio.Event) -> bool:
+def select(settings: Settings, names: Sequence[str] | None) -> list[SubscriberConfig]:
+    configured = settings.effective_subscribers()
+    if not names:
+        return configured
+    known = {s.name: s for s in configured}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ValueError(
+            f"no subscriber named {', '.join(missing)}; configured: {', '.join(known)}"
+        )
+    return [known[n] for n in names]
+
+
+async def _until_broker_answers(
+    settings: Settings, topics: list[TopicSpec], stop: asyncio.Event
+) -> bool:
     backoff = 0.2
     while not stop.is_set():
         try:
-            await ensure_topics(settings.kafka.bootstrap_servers, topics_for(settings))
+            await ensure_topics(settings.kafka.bootstrap_servers, topics)
         except DependencyUnavailable as exc:
             _log.warning("broker.connect_failed", error=str(exc), retry_in_s=backoff)
             with contextlib.suppress(TimeoutError):
@@ -47,60 +81,142 @@ async def _until_broker_answers(settings: Settings, stop: asyncio.Event) -> bool
     return False
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the configured subscriber until ``stop`` is set."""
-    if not await _until_broker_answers(settings, stop):
-        return
-    redis = Redis.from_url(
-        settings.redis.url,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.socket_timeout_s,
+@dataclass
+class RunningSubscriber:
+    config: SubscriberConfig
+    delivery: Delivery
+    consumers: list[AIOKafkaConsumer]
+    loops: list[ConsumerLoop]
+
+
+class Clients:
+    """The I/O clients every subscriber of this process shares."""
+
+    def __init__(self, settings: Settings, subscribers: Sequence[SubscriberConfig]) -> None:
+        self._settings = settings
+        self._redis: dict[str, Redis] = {}
+        allow = sorted(
+            {
+                a
+                for s in subscribers
+                if isinstance(s.sink, HttpSinkConfig)
+                for a in s.sink.allow_private
+            }
+        )
+        self.http: aiohttp.ClientSession = make_http_session(allow)
+        self.producer: AIOKafkaProducer = make_producer(settings.kafka)
+
+    def redis(self, url: str | None) -> Redis:
+        url = url or self._settings.redis.url
+        if url not in self._redis:
+            timeout = self._settings.redis.socket_timeout_s
+            self._redis[url] = Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        return self._redis[url]
+
+    async def close(self) -> None:
+        await self.producer.stop()
+        await self.http.close()
+        for client in self._redis.values():
+            await client.aclose()
+
+
+def _subscriber(
+    settings: Settings, config: SubscriberConfig, clients: Clients, stop: asyncio.Event
+) -> RunningSubscriber:
+    kafka, worker = settings.kafka, settings.worker
+    sink: Sink = build_sink(config.sink, redis=clients.redis, session=clients.http)
+    group = f"{worker.group_prefix}{config.name}"
+    retry_topics = [
+        retry_topic(kafka.topic, config.name, i) for i in range(len(config.retry.delays_s))
+    ]
+    delivery = Delivery(
+        subscriber=config.name,
+        sink=sink,
+        forwarder=Forwarder(
+            producer=clients.producer,
+            route=Route(
+                retry_topics, config.retry.delays_s, dead_letter_topic(kafka.topic, config.name)
+            ),
+            group_id=group,
+            subscriber=config.name,
+        ),
+        circuit=CircuitBreaker(
+            subscriber=config.name,
+            failure_threshold=config.circuit.failure_threshold,
+            probe_interval_s=config.circuit.probe_interval_s,
+            max_probe_interval_s=config.circuit.max_probe_interval_s,
+        ),
+        event_filter=config.filter,
+        retry=config.retry,
+        stop=stop,
     )
-    producer = make_producer(settings.kafka)
-    consumer = make_consumer(settings.kafka, settings.worker, settings.kafka.topic)
+    main = make_consumer(kafka, worker, group, kafka.topic)
+    consumers, loops = (
+        [main],
+        [ConsumerLoop(consumer=main, delivery=delivery, stop=stop, max_batch=worker.max_batch)],
+    )
+    if retry_topics:
+        retry = make_consumer(kafka, worker, f"{group}.retry", *retry_topics)
+        consumers.append(retry)
+        loops.append(
+            ConsumerLoop(
+                consumer=retry,
+                delivery=delivery,
+                stop=stop,
+                delayed=True,
+                max_batch=worker.max_batch,
+            )
+        )
+    return RunningSubscriber(config, delivery, consumers, loops)
+
+
+async def run_worker(
+    settings: Settings,
+    stop: asyncio.Event,
+    subscribers: Sequence[str] | None = None,
+    started: asyncio.Event | None = None,
+) -> list[RunningSubscriber]:
+    """Run the selected subscribers (all by default) until ``stop`` is set."""
+    selected = select(settings, subscribers)
+    if not await _until_broker_answers(settings, topics_for(settings, selected), stop):
+        return []
+    clients = Clients(settings, selected)
+    running: list[RunningSubscriber] = []
     try:
         with map_kafka_errors():
-            await producer.start()
-            await consumer.start()
-        worker = SubscriberWorker(
-            consumer=consumer,
-            sink=RedisDenylistSink(
-                redis=redis,
-                key_prefix=settings.denylist.key_prefix,
-                ttl_s=settings.denylist.max_session_lifetime_s,
-            ),
-            dead_letters=DeadLetters(
-                producer=producer,
-                topic=dead_letter_topic(settings.kafka.topic, settings.worker.subscriber),
-                group_id=settings.worker.group_id,
-                subscriber=settings.worker.subscriber,
-            ),
-            subscriber=settings.worker.subscriber,
-            max_batch=settings.worker.max_batch,
-            max_backoff_s=settings.worker.max_backoff_s,
-        )
+            await clients.producer.start()
+        for config in selected:
+            sub = _subscriber(settings, config, clients, stop)
+            running.append(sub)
+            for consumer in sub.consumers:
+                with map_kafka_errors():
+                    await consumer.start()
         _log.info(
             "worker.started",
-            subscriber=settings.worker.subscriber,
-            group_id=settings.worker.group_id,
+            subscribers=[s.config.name for s in running],
             topic=settings.kafka.topic,
         )
-        run = asyncio.create_task(worker.run(), name="subscriber-worker")
-        stopper = asyncio.create_task(stop.wait(), name="stop-wait")
-        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stopper in done:
-            worker.stop()
-        else:
-            stopper.cancel()
-        await run
-        _log.info(
-            "worker.stopped", applied=worker.stats.applied, dead_lettered=worker.stats.dead_lettered
-        )
+        if started is not None:
+            started.set()
+        await asyncio.gather(*(loop.run() for sub in running for loop in sub.loops))
+        for sub in running:
+            stats = sub.delivery.stats
+            _log.info(
+                "worker.stopped",
+                subscriber=sub.config.name,
+                applied=stats.applied,
+                dead_lettered=stats.dead_lettered,
+                forwarded_to_retry=stats.forwarded_to_retry,
+            )
     finally:
-        # Leaving the group hands the partitions over at once instead of after a session timeout.
-        await consumer.stop()
-        await producer.stop()
-        await redis.aclose()
+        # Leaving the groups hands the partitions over at once instead of after a session timeout.
+        for sub in running:
+            for consumer in sub.consumers:
+                await consumer.stop()
+        await clients.close()
+    return running
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -147,13 +147,18 @@ def _ingest(settings: Settings) -> int:
     return 0
 
 
-def _worker(settings: Settings) -> int:
-    from consumers.worker import install_signal_handlers, run_worker
+def _worker(settings: Settings, subscribers: Sequence[str] | None) -> int:
+    from consumers.worker import install_signal_handlers, run_worker, select
+
+    try:
+        select(settings, subscribers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
     async def main() -> None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await run_worker(settings, stop)
+        await run_worker(settings, stop, subscribers)
 
     asyncio.run(main())
     return 0
@@ -200,7 +205,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML settings file (or PROPAGATOR_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("ingest", help="serve the webhook endpoints")
-    commands.add_parser("worker", help="consume revocations and apply them to the sink")
+    worker = commands.add_parser("worker", help="consume revocations and apply them to the sinks")
+    worker.add_argument(
+        "--subscriber",
+        action="append",
+        metavar="NAME",
+        help="run only this subscriber (repeatable; default: all of them)",
+    )
     sample = commands.add_parser(
         "send-sample", help="send a signed sample session.revoked and show the Redis key"
     )
@@ -222,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ingest":
             return _ingest(settings)
         if args.command == "worker":
-            return _worker(settings)
+            return _worker(settings, args.subscriber)
         return _send_sample(settings, args.url, args.session_id, args.wait)
     except UsageError as exc:
         print(f"propagator: {exc}", file=sys.stderr)

@@ -15,7 +15,8 @@
     ├── DependencyUnavailable            retriable = True: try again later
     │   ├── BrokerUnavailable            503 broker_unavailable (ingest adds Retry-After)
     │   ├── KeysUnavailable              503 keys_unavailable: an issuer's JWKS cannot be fetched
-    │   └── SinkUnavailable              a downstream (Redis, HTTP subscriber) is down
+    │   └── SinkUnavailable              a downstream failed this time (5xx, 429, timeout)
+    │       └── SinkDown                 the downstream as a whole is unreachable: open the circuit
     ├── PublishFailed                    500 publish_failed: the broker refused the record
     ├── SinkRejected                     a downstream refused the change for good
     └── InvalidRecord                    a Kafka record that is not a valid event
@@ -28,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import aiohttp
 import redis.exceptions as redis_errors
 from aiokafka import errors as kafka_errors
 
@@ -118,6 +120,22 @@ class KeysUnavailable(DependencyUnavailable):
 class SinkUnavailable(DependencyUnavailable):
     code = "sink_unavailable"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+
+class SinkDown(SinkUnavailable):
+    code = "sink_down"
+
 
 class PublishFailed(PropagatorError):
     status = 500
@@ -126,6 +144,12 @@ class PublishFailed(PropagatorError):
 
 class SinkRejected(PropagatorError):
     code = "sink_rejected"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, http_status: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.http_status = http_status
 
 
 class InvalidRecord(PropagatorError):
@@ -179,3 +203,16 @@ def map_redis_errors() -> Iterator[None]:
         raise SinkRejected(f"redis: {exc}") from exc
     except redis_errors.RedisError as exc:
         raise SinkUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def map_http_errors() -> Iterator[None]:
+    """Translate aiohttp client errors of a sink's request into the hierarchy."""
+    try:
+        yield
+    except PropagatorError:
+        raise
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+        raise SinkDown(f"http: {type(exc).__name__}: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise SinkUnavailable(f"http: {type(exc).__name__}: {exc}", code="http_timeout") from exc

@@ -33,13 +33,15 @@ def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(kafka: KafkaSettings, worker: WorkerSettings, *topics: str) -> AIOKafkaConsumer:
+def make_consumer(
+    kafka: KafkaSettings, worker: WorkerSettings, group_id: str, *topics: str
+) -> AIOKafkaConsumer:
     # Offsets are committed by hand, only after the sink applied the records.
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=kafka.bootstrap_servers,
-        client_id=f"{kafka.client_id}.{worker.subscriber}",
-        group_id=worker.group_id,
+        client_id=f"{kafka.client_id}.{group_id}",
+        group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=worker.fetch_max_wait_ms,

@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from consumers.config import SubscriberConfig
+from consumers.sinks.redis_denylist import RedisDenylistConfig
 from propagator.sources import SourceConfig, WorkOSConfig
 from propagator.sources._secrets import read_secrets
 
@@ -141,6 +143,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     ingest: IngestSettings = IngestSettings()
+    # With no `subscribers`, one redis-denylist subscriber (worker.subscriber) is run.
+    subscribers: list[SubscriberConfig] = Field(default_factory=list)
     # With no `sources`, the single WorkOS source of the `workos` section is served.
     sources: list[SourceConfig] = Field(default_factory=list)
     workos: WorkOSSettings = WorkOSSettings()
@@ -150,11 +154,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> Self:
-        names = [s.name for s in self.sources]
-        duplicates = {n for n in names if names.count(n) > 1}
-        if duplicates:
-            raise ValueError(f"source names must be unique: {sorted(duplicates)}")
+        for what, names in (
+            ("source", [s.name for s in self.sources]),
+            ("subscriber", [s.name for s in self.subscribers]),
+        ):
+            duplicates = {n for n in names if names.count(n) > 1}
+            if duplicates:
+                raise ValueError(f"{what} names must be unique: {sorted(duplicates)}")
         return self
+
+    def effective_subscribers(self) -> list[SubscriberConfig]:
+        if self.subscribers:
+            return list(self.subscribers)
+        sink = RedisDenylistConfig(
+            kind="redis-denylist",
+            key_prefix=self.denylist.key_prefix,
+            max_session_lifetime_s=self.denylist.max_session_lifetime_s,
+        )
+        return [SubscriberConfig(name=self.worker.subscriber, sink=sink)]
 
     def effective_sources(self) -> list[SourceConfig]:
         return list(self.sources) if self.sources else [self.workos.as_source()]

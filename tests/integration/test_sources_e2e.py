@@ -213,7 +213,7 @@ class TestReplay:
     async def test_redelivery_later_is_a_duplicate_and_oidc_jti_replay_too(
         self, client: TestClient, all_kinds: Settings
     ) -> None:
-        """A provider's later retry (new signature, same id) and a replayed logout token publish once."""
+        """A later retry (new signature, same id) and a replayed logout token publish once."""
         body = sample_session_revoked(event_id="ev-retry")
         assert (
             "published"
