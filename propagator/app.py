@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
+from propagator.admin import bearer_auth
 from propagator.broker import Connection
 from propagator.dedupe import PublishOnce
 from propagator.errors import (
@@ -214,9 +216,13 @@ def create_app(
     broker: Connection,
     limiter: RateLimiter,
     metrics: IngestMetrics,
+    admin_tokens: Sequence[str] = (),
 ) -> web.Application:
     """The ingest application; every I/O client is passed in and owned by the caller."""
-    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    middlewares: list[Middleware] = [_errors]
+    if admin_tokens:
+        middlewares.append(bearer_auth(admin_tokens))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SOURCES] = sources
     app[PUBLISHER] = publisher
     app[LIMITER] = limiter

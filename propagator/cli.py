@@ -1,4 +1,4 @@
-"""The ``propagator`` command: ``ingest``, ``worker``, ``send-sample``.
+"""The ``propagator`` command: ``ingest``, ``worker``, ``dlq``, ``send-sample``.
 
 Settings come from the environment (``PROPAGATOR_*``) and an optional YAML file
 (``--config`` or ``PROPAGATOR_CONFIG``); secrets are never taken from the command line.
@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from consumers.dlq import DeadLetterQueue, Selector
+from propagator.admin import register_admin
 from propagator.app import create_app
 from propagator.broker import BrokerConnection
 from propagator.dedupe import PublishOnce
@@ -112,7 +115,10 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         ),
         limiter=build_rate_limiter(settings.ingest.rate_limit),
         metrics=metrics,
+        admin_tokens=settings.admin.active_tokens(),
     )
+    if settings.admin.active_tokens():
+        register_admin(app, queues=dead_letter_queues(settings), producer=producer)
 
     async def _close_clients(_: web.Application) -> None:
         await http.close()
@@ -121,6 +127,17 @@ async def build_ingest_app(settings: Settings) -> web.Application:
 
     app.on_cleanup.append(_close_clients)
     return app
+
+
+def dead_letter_queues(settings: Settings) -> dict[str, DeadLetterQueue]:
+    return {
+        s.name: DeadLetterQueue(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            topic=settings.kafka.topic,
+            subscriber=s.name,
+        )
+        for s in settings.effective_subscribers()
+    }
 
 
 def _ingest(settings: Settings) -> int:
@@ -200,6 +217,71 @@ def _send_sample(settings: Settings, url: str | None, session_id: str | None, wa
     return asyncio.run(main())
 
 
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr)
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise UsageError(f"{value!r}: give a UTC offset, e.g. 2026-12-03T10:00:00Z")
+    return parsed
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.worker import select
+
+    try:
+        select(settings, [args.subscriber])
+        selector = Selector(
+            since=_when(args.since),
+            until=_when(args.until),
+            event_id=args.event_id,
+            error_class=args.error_class,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    queue = DeadLetterQueue(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.topic,
+        subscriber=args.subscriber,
+    )
+
+    async def main() -> int:
+        if args.action == "purge":
+            print(json.dumps({"purged": await queue.purge()}))
+            return 0
+        if args.action == "show":
+            letter = await queue.show(args.partition, args.offset)
+            if letter is None:
+                print("no such dead letter", file=sys.stderr)
+                return 1
+            print(json.dumps(letter.detail(), indent=2))
+            return 0
+        letters = await queue.read(selector)
+        if args.action == "list" or args.dry_run:
+            for letter in letters:
+                print(json.dumps(letter.summary()))
+            if args.action == "replay":
+                print(f"dry run: {len(letters)} dead letters would be replayed", file=sys.stderr)
+            return 0
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        try:
+            replayed = await queue.replay(producer, letters, progress=_progress)
+        finally:
+            await producer.stop()
+        print(json.dumps({"replayed": replayed}))
+        return 0
+
+    return asyncio.run(main())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="propagator", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML settings file (or PROPAGATOR_CONFIG)")
@@ -218,6 +300,16 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--url", help="webhook URL (default: the local ingest service)")
     sample.add_argument("--session-id", help="session id to revoke (default: a fresh one)")
     sample.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the key")
+    dlq = commands.add_parser("dlq", help="list, show, replay or purge a subscriber's dead letters")
+    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq.add_argument("--subscriber", required=True, metavar="NAME")
+    dlq.add_argument("--since", help="dead-lettered at or after (RFC 3339)")
+    dlq.add_argument("--until", help="dead-lettered before (RFC 3339)")
+    dlq.add_argument("--event-id")
+    dlq.add_argument("--error-class", help="e.g. SinkRejected, InvalidRecord")
+    dlq.add_argument("--partition", type=int, default=0, help="for show")
+    dlq.add_argument("--offset", type=int, default=0, help="for show")
+    dlq.add_argument("--dry-run", action="store_true", help="for replay: list, change nothing")
     return parser
 
 
@@ -234,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ingest(settings)
         if args.command == "worker":
             return _worker(settings, args.subscriber)
+        if args.command == "dlq":
+            return _dlq(settings, args)
         return _send_sample(settings, args.url, args.session_id, args.wait)
     except UsageError as exc:
         print(f"propagator: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pydantic_settings import (
 from consumers.config import SubscriberConfig
 from consumers.sinks.redis_denylist import RedisDenylistConfig
 from propagator.sources import SourceConfig, WorkOSConfig
-from propagator.sources._secrets import read_secrets
+from propagator.sources._secrets import SecretList, read_secrets
 
 CONFIG_ENV_VAR = "PROPAGATOR_CONFIG"
 
@@ -127,6 +127,16 @@ class WorkerSettings(_Section):
         return f"{self.group_prefix}{self.subscriber}"
 
 
+class AdminSettings(_Section):
+    """Bearer tokens for the admin API; with none, the admin API is not served."""
+
+    tokens: SecretList = Field(default_factory=list)
+    token_file: Path | None = None
+
+    def active_tokens(self) -> list[str]:
+        return read_secrets(self.tokens, self.token_file)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -150,6 +160,7 @@ class Settings(BaseSettings):
     workos: WorkOSSettings = WorkOSSettings()
     denylist: DenylistSettings = DenylistSettings()
     worker: WorkerSettings = WorkerSettings()
+    admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")

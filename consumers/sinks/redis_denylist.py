@@ -6,16 +6,24 @@
 
 ``prefix`` defaults to ``propagator:revoked:``. Every key expires after the maximum session
 lifetime, when no session it could deny is still alive.
+
+After a batch's writes, in the same pipeline, every applied revocation is announced on the
+pub/sub channel ``{prefix}events`` so that guards (``propagator.guard``) update their caches
+at once; the notice format is in the README's contract table. A notice says what the batch
+wrote: guards re-read Redis after a reconnect, so a lost notice is not a lost revocation.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from propagator.errors import map_redis_errors
+from propagator.guard import DenylistKeys
 from schemas import RevocationEvent, RevocationScope
 
 # Raise a watermark, never lower it: a late or duplicated event must not reopen sessions.
@@ -30,17 +38,47 @@ return 0
 """
 
 
+def _record(event: RevocationEvent) -> dict[str, str | None]:
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "organization_id": event.organization_id,
+        "revoked_at": event.occurred_at.isoformat(),
+        "source": event.source,
+    }
+
+
 def session_record(event: RevocationEvent) -> str:
-    return json.dumps(
-        {
-            "event_id": event.event_id,
-            "user_id": event.user_id,
-            "organization_id": event.organization_id,
-            "revoked_at": event.occurred_at.isoformat(),
-            "source": event.source,
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(_record(event), separators=(",", ":"))
+
+
+def _watermark_ms(event: RevocationEvent) -> int:
+    return int(event.occurred_at.timestamp() * 1000)
+
+
+def _subject(event: RevocationEvent) -> str:
+    subject = {
+        RevocationScope.SESSION: event.session_id,
+        RevocationScope.USER: event.user_id,
+        RevocationScope.ORGANIZATION: event.organization_id,
+    }[event.scope]
+    assert subject is not None  # the event model requires the scope's subject
+    return subject
+
+
+def notice(event: RevocationEvent) -> str:
+    """The pub/sub announcement of one applied revocation."""
+    body: dict[str, object] = {
+        "version": 1,
+        "scope": event.scope.value,
+        "subject": _subject(event),
+        "event_id": event.event_id,
+    }
+    if event.scope is RevocationScope.SESSION:
+        body["record"] = _record(event)
+    else:
+        body["watermark_ms"] = _watermark_ms(event)
+    return json.dumps(body, separators=(",", ":"))
 
 
 class RedisDenylistSink:
@@ -55,6 +93,12 @@ class RedisDenylistSink:
         self._prefix = key_prefix
         self._ttl_s = ttl_s
         self._raise_watermark = redis.register_script(_RAISE_WATERMARK)
+        self._channel = DenylistKeys(key_prefix).channel
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel on which applied revocations are announced."""
+        return self._channel
 
     def session_key(self, session_id: str) -> str:
         return f"{self._prefix}session:{session_id}"
@@ -84,10 +128,30 @@ class RedisDenylistSink:
                             else event.organization_id
                         )
                         assert subject is not None
-                        watermark_ms = int(event.occurred_at.timestamp() * 1000)
                         await self._raise_watermark(
                             keys=[self.watermark_key(event.scope, subject)],
-                            args=[watermark_ms, self._ttl_s],
+                            args=[_watermark_ms(event), self._ttl_s],
                             client=pipe,
                         )
+                # After all the batch's writes, so that no notice overtakes its own write: a
+                # guard that reads Redis once notified finds the key.
+                for event in events:
+                    pipe.publish(self._channel, notice(event))
                 await pipe.execute()
+
+
+class RedisDenylistConfig(BaseModel):
+    """A ``redis-denylist`` subscriber (``redis.url``; keys under ``key_prefix``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["redis-denylist"]
+    url: str | None = None
+    key_prefix: str = "propagator:revoked:"
+    max_session_lifetime_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+
+def build(config: RedisDenylistConfig, *, redis: Redis) -> RedisDenylistSink:
+    return RedisDenylistSink(
+        redis=redis, key_prefix=config.key_prefix, ttl_s=config.max_session_lifetime_s
+    )

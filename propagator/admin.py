@@ -1,0 +1,138 @@
+"""The admin HTTP API, behind a bearer token: dead-letter operations per subscriber.
+
+    GET  /admin/dlq/{subscriber}               list (since, until, event_id, error_class)
+    GET  /admin/dlq/{subscriber}/{part}/{offset} one dead letter, with its record
+    POST /admin/dlq/{subscriber}/replay        {since, until, event_id, error_class, dry_run}
+    POST /admin/dlq/{subscriber}/purge         delete every dead letter up to now
+
+Registered only when at least one admin token is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiokafka import AIOKafkaProducer
+
+from consumers.dlq import DeadLetterQueue, Selector
+from propagator.errors import MalformedPayload, RequestRejected, Unauthorized
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+QUEUES: web.AppKey[Mapping[str, DeadLetterQueue]] = web.AppKey("dead_letter_queues")
+PRODUCER: web.AppKey[AIOKafkaProducer] = web.AppKey("admin_producer")
+
+
+class UnknownSubscriber(RequestRejected):
+    status = 404
+    code = "unknown_subscriber"
+
+
+def bearer_auth(tokens: Sequence[str]) -> Middleware:
+    """Refuse /admin/ requests without one of the tokens (compared in constant time)."""
+    accepted = [t.encode() for t in tokens]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin/"):
+            scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+            given = sent.strip().encode("utf-8", "replace")
+            # Compare against every token so the time taken says nothing about which matched.
+            matched = [hmac.compare_digest(given, token) for token in accepted]
+            if scheme.lower() != "bearer" or not any(matched):
+                raise Unauthorized("a valid admin bearer token is required")
+        return await handler(request)
+
+    return middleware
+
+
+def _queue(request: web.Request) -> DeadLetterQueue:
+    name = request.match_info["subscriber"]
+    queue = request.app[QUEUES].get(name)
+    if queue is None:
+        raise UnknownSubscriber(f"no subscriber named {name!r}")
+    return queue
+
+
+def _time(value: Any, field: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise MalformedPayload(f"{field} is not an RFC 3339 time") from exc
+    if parsed.tzinfo is None:
+        raise MalformedPayload(f"{field} needs a UTC offset")
+    return parsed
+
+
+def _selector(values: Mapping[str, Any]) -> Selector:
+    return Selector(
+        since=_time(values.get("since"), "since"),
+        until=_time(values.get("until"), "until"),
+        event_id=values.get("event_id") or None,
+        error_class=values.get("error_class") or None,
+    )
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    letters = await _queue(request).read(_selector(request.query))
+    return web.json_response(
+        {"count": len(letters), "dead_letters": [x.summary() for x in letters]}
+    )
+
+
+async def show_dead_letter(request: web.Request) -> web.Response:
+    try:
+        partition, offset = int(request.match_info["partition"]), int(request.match_info["offset"])
+    except ValueError as exc:
+        raise MalformedPayload("partition and offset are integers") from exc
+    letter = await _queue(request).show(partition, offset)
+    if letter is None:
+        raise web.HTTPNotFound()
+    return web.json_response(letter.detail())
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedPayload("the body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise MalformedPayload("the body is a JSON object")
+    return body
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    body = await _body(request)
+    queue = _queue(request)
+    letters = await queue.read(_selector(body))
+    dry_run = bool(body.get("dry_run", False))
+    replayed = 0 if dry_run else await queue.replay(request.app[PRODUCER], letters)
+    return web.json_response({"matched": len(letters), "replayed": replayed, "dry_run": dry_run})
+
+
+async def purge_dead_letters(request: web.Request) -> web.Response:
+    return web.json_response({"purged": await _queue(request).purge()})
+
+
+def register_admin(
+    app: web.Application,
+    *,
+    queues: Mapping[str, DeadLetterQueue],
+    producer: AIOKafkaProducer,
+) -> None:
+    app[QUEUES] = queues
+    app[PRODUCER] = producer
+    app.router.add_get("/admin/dlq/{subscriber}", list_dead_letters)
+    app.router.add_get("/admin/dlq/{subscriber}/{partition}/{offset}", show_dead_letter)
+    app.router.add_post("/admin/dlq/{subscriber}/replay", replay_dead_letters)
+    app.router.add_post("/admin/dlq/{subscriber}/purge", purge_dead_letters)
