@@ -4,6 +4,7 @@
     GET  /admin/dlq/{subscriber}/{part}/{offset} one dead letter, with its record
     POST /admin/dlq/{subscriber}/replay        {since, until, event_id, error_class, dry_run}
     POST /admin/dlq/{subscriber}/purge         delete every dead letter up to now
+    GET  /admin/users/{user_id}/sessions       the user's session inventory and watermark
 
 Registered only when at least one admin token is configured.
 """
@@ -13,19 +14,24 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
 
 from consumers.dlq import DeadLetterQueue, Selector
-from propagator.errors import MalformedPayload, RequestRejected, Unauthorized
+from propagator.errors import MalformedPayload, RequestRejected, Unauthorized, map_redis_errors
+from propagator.inventory import SessionInventory
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 QUEUES: web.AppKey[Mapping[str, DeadLetterQueue]] = web.AppKey("dead_letter_queues")
 PRODUCER: web.AppKey[AIOKafkaProducer] = web.AppKey("admin_producer")
+ADMIN_INVENTORY: web.AppKey[SessionInventory] = web.AppKey("admin_inventory")
+ADMIN_REDIS: web.AppKey[Redis] = web.AppKey("admin_redis")
+WATERMARK_KEY: web.AppKey[str] = web.AppKey("user_watermark_key")
 
 
 class UnknownSubscriber(RequestRejected):
@@ -124,14 +130,43 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
     return web.json_response({"purged": await _queue(request).purge()})
 
 
+async def user_sessions(request: web.Request) -> web.Response:
+    """What was active for a user, what was revoked and when (support staff's view)."""
+    user_id = request.match_info["user_id"]
+    inventory = request.app[ADMIN_INVENTORY]
+    with map_redis_errors():
+        sessions = await inventory.sessions(user_id)
+        watermark = await request.app[ADMIN_REDIS].get(
+            request.app[WATERMARK_KEY].format(user_id=user_id)
+        )
+    revoked_all_before = None
+    if watermark is not None:
+        revoked_all_before = datetime.fromtimestamp(int(watermark) / 1000, tz=UTC).isoformat()
+    return web.json_response(
+        {
+            "user_id": user_id,
+            "sessions": sessions,
+            "active": sum(1 for s in sessions if s.get("status") == "active"),
+            "all_sessions_revoked_before": revoked_all_before,
+        }
+    )
+
+
 def register_admin(
     app: web.Application,
     *,
     queues: Mapping[str, DeadLetterQueue],
     producer: AIOKafkaProducer,
+    inventory: SessionInventory,
+    redis: Redis,
+    user_watermark_key: str,
 ) -> None:
     app[QUEUES] = queues
     app[PRODUCER] = producer
+    app[ADMIN_INVENTORY] = inventory
+    app[ADMIN_REDIS] = redis
+    app[WATERMARK_KEY] = user_watermark_key
+    app.router.add_get("/admin/users/{user_id}/sessions", user_sessions)
     app.router.add_get("/admin/dlq/{subscriber}", list_dead_letters)
     app.router.add_get("/admin/dlq/{subscriber}/{partition}/{offset}", show_dead_letter)
     app.router.add_post("/admin/dlq/{subscriber}/replay", replay_dead_letters)

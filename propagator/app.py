@@ -1,19 +1,23 @@
 """The ingest HTTP service: receive → verify → parse → publish, answering only after the ack.
 
 Routes:
-    POST /webhooks/{name}   a configured webhook source
+    POST /webhooks/{name}   a configured webhook source (revocations are published; session
+                            announcements are recorded in the session inventory)
     GET  /webhooks/{name}   a provider's one-time verification handshake (Okta)
     GET  /healthz           the process is alive
     GET  /readyz            the producer holds a live broker connection
     GET  /metrics           Prometheus metrics
+    GET  /openapi.yaml      the OpenAPI document of this API
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib.resources import files
 
 import structlog
 from aiohttp import web
@@ -31,11 +35,13 @@ from propagator.errors import (
     PropagatorError,
     RateLimited,
     UnknownSource,
+    map_redis_errors,
 )
+from propagator.inventory import SessionInventory
 from propagator.metrics import IngestMetrics
 from propagator.ratelimit import RateLimiter
 from propagator.settings import IngestSettings
-from propagator.sources import Delivery, Ignored, Outcome, Reply, Result, Source
+from propagator.sources import Delivery, Ignored, Outcome, Reply, Result, SessionSeen, Source
 
 _log = structlog.get_logger(__name__)
 
@@ -45,8 +51,11 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 BROKER: web.AppKey[Connection] = web.AppKey("broker")
 METRICS: web.AppKey[IngestMetrics] = web.AppKey("metrics")
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("ingest_settings")
+INVENTORY: web.AppKey[SessionInventory | None] = web.AppKey("inventory")
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The whole body must arrive within this; headers are bounded by the server's keep-alive timeout.
+BODY_READ_TIMEOUT_S = 10.0
 
 
 def error_response(
@@ -85,11 +94,16 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        # A sender dribbling its body (slowloris) would hold the handler forever otherwise.
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
     return b"".join(chunks)
 
 
@@ -150,7 +164,13 @@ async def _publish(request: web.Request, outcome: Outcome) -> Result:
     metrics = request.app[METRICS]
     source = request.match_info["name"]
     with bound_contextvars(event_id=outcome.event_id):
-        if isinstance(outcome, Ignored):
+        inventory = request.app[INVENTORY]
+        if isinstance(outcome, SessionSeen) and inventory is not None:
+            with map_redis_errors():
+                await inventory.seen(outcome, datetime.now(UTC).isoformat())
+            _log.info("webhook.session_recorded", type=outcome.type)
+            return Result(outcome.event_id, outcome.type, "recorded")
+        if isinstance(outcome, Ignored | SessionSeen):
             metrics.ignored.labels(source).inc()
             _log.info("webhook.ignored", type=outcome.type)
             return Result(outcome.event_id, outcome.type, "ignored")
@@ -203,6 +223,11 @@ async def readyz(request: web.Request) -> web.Response:
     return error_response(503, "not_ready", "the producer has no live broker connection")
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    body = files("propagator").joinpath("openapi.yaml").read_bytes()
+    return web.Response(body=body, content_type="application/yaml")
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -217,6 +242,7 @@ def create_app(
     limiter: RateLimiter,
     metrics: IngestMetrics,
     admin_tokens: Sequence[str] = (),
+    inventory: SessionInventory | None = None,
 ) -> web.Application:
     """The ingest application; every I/O client is passed in and owned by the caller."""
     middlewares: list[Middleware] = [_errors]
@@ -229,11 +255,13 @@ def create_app(
     app[BROKER] = broker
     app[METRICS] = metrics
     app[SETTINGS] = settings
+    app[INVENTORY] = inventory
     app.router.add_post("/webhooks/{name}", receive_webhook)
     app.router.add_get("/webhooks/{name}", webhook_challenge)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.yaml", openapi_document)
 
     async def _broker_lifecycle(app: web.Application) -> AsyncIterator[None]:
         broker.start()

@@ -27,6 +27,7 @@ from propagator.admin import register_admin
 from propagator.app import create_app
 from propagator.broker import BrokerConnection
 from propagator.dedupe import PublishOnce
+from propagator.inventory import SessionInventory
 from propagator.kafka import TopicSpec, make_producer
 from propagator.logs import configure_logging
 from propagator.metrics import IngestMetrics
@@ -75,22 +76,22 @@ def build_rate_limiter(settings: RateLimitSettings) -> RateLimiter:
 async def build_ingest_app(settings: Settings) -> web.Application:
     """Create the clients (inside the running loop, as aiokafka requires) and the app."""
     http = aiohttp.ClientSession()
-    redis = (
-        Redis.from_url(
-            settings.redis.url,
-            socket_timeout=settings.redis.socket_timeout_s,
-            socket_connect_timeout=settings.redis.socket_timeout_s,
-        )
-        if settings.ingest.dedupe
-        else None
+    redis = Redis.from_url(
+        settings.redis.url,
+        socket_timeout=settings.redis.socket_timeout_s,
+        socket_connect_timeout=settings.redis.socket_timeout_s,
     )
     try:
         sources = build_sources(settings, http)
     except UsageError:
         await http.close()
-        if redis is not None:
-            await redis.aclose()
+        await redis.aclose()
         raise
+    inventory = SessionInventory(
+        redis=redis,
+        prefix=settings.inventory.key_prefix,
+        ttl_s=settings.denylist.max_session_lifetime_s,
+    )
     kafka = settings.kafka
     producer = make_producer(kafka)
     metrics = IngestMetrics(CollectorRegistry())
@@ -98,7 +99,7 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         publisher=KafkaPublisher(
             producer=producer, topic=kafka.topic, timeout_s=kafka.publish_timeout_s
         ),
-        redis=redis,
+        redis=redis if settings.ingest.dedupe else None,
         key_prefix=settings.ingest.dedupe_key_prefix,
         ttl_s=settings.ingest.dedupe_ttl_s,
         wait_for_other_s=kafka.publish_timeout_s,
@@ -116,14 +117,21 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         limiter=build_rate_limiter(settings.ingest.rate_limit),
         metrics=metrics,
         admin_tokens=settings.admin.active_tokens(),
+        inventory=inventory if settings.inventory.enabled else None,
     )
     if settings.admin.active_tokens():
-        register_admin(app, queues=dead_letter_queues(settings), producer=producer)
+        register_admin(
+            app,
+            queues=dead_letter_queues(settings),
+            producer=producer,
+            inventory=inventory,
+            redis=redis,
+            user_watermark_key=f"{settings.denylist.key_prefix}user:{{user_id}}",
+        )
 
     async def _close_clients(_: web.Application) -> None:
         await http.close()
-        if redis is not None:
-            await redis.aclose()
+        await redis.aclose()
 
     app.on_cleanup.append(_close_clients)
     return app
@@ -160,6 +168,8 @@ def _ingest(settings: Settings) -> int:
         print=None,
         access_log=None,
         shutdown_timeout=10,
+        # Also closes a connection whose request headers have not all arrived by then.
+        keepalive_timeout=15,
     )
     return 0
 

@@ -114,6 +114,13 @@ class DenylistSettings(_Section):
     max_session_lifetime_s: int = Field(default=30 * 24 * 3600, ge=60)
 
 
+class InventorySettings(_Section):
+    """The session inventory (see propagator/inventory.py); entries live as long as sessions."""
+
+    enabled: bool = True
+    key_prefix: str = "propagator:sessions:"
+
+
 class WorkerSettings(_Section):
     subscriber: str = Field(default="redis-denylist", pattern=r"^[A-Za-z0-9._-]+$")
     group_prefix: str = "propagator."
@@ -159,6 +166,7 @@ class Settings(BaseSettings):
     sources: list[SourceConfig] = Field(default_factory=list)
     workos: WorkOSSettings = WorkOSSettings()
     denylist: DenylistSettings = DenylistSettings()
+    inventory: InventorySettings = InventorySettings()
     worker: WorkerSettings = WorkerSettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
@@ -181,6 +189,7 @@ class Settings(BaseSettings):
             kind="redis-denylist",
             key_prefix=self.denylist.key_prefix,
             max_session_lifetime_s=self.denylist.max_session_lifetime_s,
+            inventory_prefix=self.inventory.key_prefix if self.inventory.enabled else None,
         )
         return [SubscriberConfig(name=self.worker.subscriber, sink=sink)]
 

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from propagator.errors import map_redis_errors
 from propagator.guard import DenylistKeys
+from propagator.inventory import SessionInventory
 from schemas import RevocationEvent, RevocationScope
 
 # Raise a watermark, never lower it: a late or duplicated event must not reopen sessions.
@@ -86,10 +87,18 @@ class RedisDenylistSink:
 
     kind = "redis-denylist"
 
-    def __init__(self, *, redis: Redis, key_prefix: str, ttl_s: int) -> None:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        key_prefix: str,
+        ttl_s: int,
+        inventory: SessionInventory | None = None,
+    ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self._redis = redis
+        self._inventory = inventory
         self._prefix = key_prefix
         self._ttl_s = ttl_s
         self._raise_watermark = redis.register_script(_RAISE_WATERMARK)
@@ -110,8 +119,27 @@ class RedisDenylistSink:
         if not events:
             return
         with map_redis_errors():
+            expanded = await self._inventoried_sessions(events)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for event in events:
+                    # "Sign out everywhere" also denies each known session by its own key.
+                    for session_id in expanded.get(event.event_id, ()):
+                        pipe.set(
+                            self.session_key(session_id),
+                            session_record(event),
+                            nx=True,
+                            ex=self._ttl_s,
+                        )
+                    if self._inventory is not None and event.user_id:
+                        await self._inventory.mark_revoked(
+                            pipe,
+                            user_id=event.user_id,
+                            session_id=event.session_id
+                            if event.scope is RevocationScope.SESSION
+                            else None,
+                            revoked_at=event.occurred_at.isoformat(),
+                            event_id=event.event_id,
+                        )
                     if event.scope is RevocationScope.SESSION:
                         assert event.session_id is not None
                         # NX keeps the first revocation's record when several announce it.
@@ -139,6 +167,17 @@ class RedisDenylistSink:
                     pipe.publish(self._channel, notice(event))
                 await pipe.execute()
 
+    async def _inventoried_sessions(
+        self, events: Sequence[RevocationEvent]
+    ) -> dict[str, list[str]]:
+        if self._inventory is None:
+            return {}
+        found: dict[str, list[str]] = {}
+        for event in events:
+            if event.scope is RevocationScope.USER and event.user_id:
+                found[event.event_id] = await self._inventory.session_ids(event.user_id)
+        return found
+
 
 class RedisDenylistConfig(BaseModel):
     """A ``redis-denylist`` subscriber (``redis.url``; keys under ``key_prefix``)."""
@@ -149,9 +188,21 @@ class RedisDenylistConfig(BaseModel):
     url: str | None = None
     key_prefix: str = "propagator:revoked:"
     max_session_lifetime_s: int = Field(default=30 * 24 * 3600, ge=60)
+    # The session inventory to expand user-scope revocations with (None: watermark only).
+    inventory_prefix: str | None = "propagator:sessions:"
 
 
 def build(config: RedisDenylistConfig, *, redis: Redis) -> RedisDenylistSink:
+    inventory = (
+        SessionInventory(
+            redis=redis, prefix=config.inventory_prefix, ttl_s=config.max_session_lifetime_s
+        )
+        if config.inventory_prefix is not None
+        else None
+    )
     return RedisDenylistSink(
-        redis=redis, key_prefix=config.key_prefix, ttl_s=config.max_session_lifetime_s
+        redis=redis,
+        key_prefix=config.key_prefix,
+        ttl_s=config.max_session_lifetime_s,
+        inventory=inventory,
     )

@@ -14,7 +14,15 @@ import aiohttp
 from pydantic import Field
 
 from propagator.sources import generic_hmac, oidc_backchannel, okta, ssf, standard_webhooks, workos
-from propagator.sources._base import Delivery, Ignored, Outcome, Reply, Result, Source
+from propagator.sources._base import (
+    Delivery,
+    Ignored,
+    Outcome,
+    Reply,
+    Result,
+    SessionSeen,
+    Source,
+)
 from propagator.sources.generic_hmac import HMACConfig
 from propagator.sources.oidc_backchannel import OIDCBackchannelConfig
 from propagator.sources.okta import OktaConfig
@@ -63,6 +71,7 @@ __all__ = [
     "Reply",
     "Result",
     "SSFConfig",
+    "SessionSeen",
     "Source",
     "SourceConfig",
     "StandardWebhooksConfig",

@@ -30,8 +30,24 @@ class Ignored:
     type: str
 
 
-Outcome = RevocationEvent | Ignored
-Status = Literal["published", "duplicate", "ignored"]
+@dataclass(frozen=True, slots=True)
+class SessionSeen:
+    """A session an identity provider announced (``session.created``): recorded, not published."""
+
+    event_id: str
+    type: str
+    source: str
+    session_id: str
+    user_id: str
+    organization_id: str | None
+    ip_address: str | None
+    user_agent: str | None
+    device: str | None
+    created_at: str
+
+
+Outcome = RevocationEvent | Ignored | SessionSeen
+Status = Literal["published", "duplicate", "ignored", "recorded"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from propagator.errors import MalformedPayload, SignatureInvalid, TimestampOutOfTolerance
-from propagator.sources._base import Delivery, Ignored, Outcome, WebhookSource
-from propagator.sources._mapping import EventMapping, build_event
+from propagator.sources._base import Delivery, Ignored, Outcome, SessionSeen, WebhookSource
+from propagator.sources._mapping import EventMapping, as_datetime, build_event, lookup
 from propagator.sources._secrets import SecretList, read_secrets
 from schemas import RevocationScope
 
@@ -148,6 +148,8 @@ class StandardWebhooksSource(WebhookSource):
         if not isinstance(event_type, str) or not event_type:
             raise MalformedPayload("body has no string 'type'")
         mapping = self._event_types.get(event_type)
+        if mapping is None and event_type == "session.created":
+            return self._session_seen(document, msg_id, timestamp)
         if mapping is None:
             return Ignored(event_id=msg_id, type=event_type)
         return build_event(
@@ -160,6 +162,36 @@ class StandardWebhooksSource(WebhookSource):
             body=body,
             received_at=received_at,
             default_occurred_at=datetime.fromtimestamp(timestamp, tz=UTC),
+        )
+
+    def _session_seen(self, document: Any, msg_id: str, timestamp: int) -> SessionSeen:
+        """Clerk's session.created: its SessionJSON, with the latest activity's client details."""
+        session_id = lookup(document, "data.id")
+        user_id = lookup(document, "data.user_id")
+        if not isinstance(session_id, str) or not isinstance(user_id, str):
+            raise MalformedPayload("session.created needs data.id and data.user_id")
+        activity = lookup(document, "data.latest_activity")
+        activity = activity if isinstance(activity, dict) else {}
+        created = as_datetime(lookup(document, "data.created_at"))
+        org = lookup(document, "data.last_active_organization_id")
+        browser = " ".join(
+            str(activity[k]) for k in ("browser_name", "browser_version") if activity.get(k)
+        )
+        return SessionSeen(
+            event_id=msg_id,
+            type="session.created",
+            source=self._name,
+            session_id=session_id,
+            user_id=user_id,
+            organization_id=org if isinstance(org, str) else None,
+            ip_address=activity.get("ip_address")
+            if isinstance(activity.get("ip_address"), str)
+            else None,
+            user_agent=browser or None,
+            device=activity.get("device_type")
+            if isinstance(activity.get("device_type"), str)
+            else None,
+            created_at=(created or datetime.fromtimestamp(timestamp, tz=UTC)).isoformat(),
         )
 
 

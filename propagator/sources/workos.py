@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from propagator.errors import MalformedPayload, SignatureInvalid, TimestampOutOfTolerance
-from propagator.sources._base import Delivery, Ignored, Outcome, WebhookSource
+from propagator.sources._base import Delivery, Ignored, Outcome, SessionSeen, WebhookSource
 from propagator.sources._mapping import summarise
 from propagator.sources._secrets import SecretList, read_secrets
 from schemas import RevocationEvent, RevocationScope
@@ -100,7 +100,7 @@ class _Envelope(BaseModel):
 
 
 class _Session(BaseModel):
-    """The fields of WorkOS's session object that a revocation needs; both known shapes fit."""
+    """The fields of WorkOS's session object that we use; both known shapes fit."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -108,6 +108,10 @@ class _Session(BaseModel):
     user_id: str
     organization_id: str | None = None
     ended_at: AwareDatetime | None = None
+    created_at: AwareDatetime | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+    auth_method: str | None = None
 
 
 class _UserSubject(BaseModel):
@@ -230,6 +234,8 @@ class WorkOSSource(WebhookSource):
             envelope = _Envelope.model_validate_json(body)
         except ValidationError as exc:
             raise MalformedPayload(f"not a WorkOS event: {summarise(exc)}") from exc
+        if envelope.event == "session.created":
+            return self._session_seen(envelope)
         mapping = _MAPPINGS.get(envelope.event)
         if mapping is None:
             return Ignored(event_id=envelope.id, type=envelope.event)
@@ -245,6 +251,24 @@ class WorkOSSource(WebhookSource):
             )
         except ValidationError as exc:
             raise MalformedPayload(f"{envelope.event} data: {summarise(exc)}") from exc
+
+    def _session_seen(self, envelope: _Envelope) -> SessionSeen:
+        try:
+            session = _Session.model_validate(envelope.data)
+        except ValidationError as exc:
+            raise MalformedPayload(f"session.created data: {summarise(exc)}") from exc
+        return SessionSeen(
+            event_id=envelope.id,
+            type=envelope.event,
+            source=self._name,
+            session_id=session.id,
+            user_id=session.user_id,
+            organization_id=session.organization_id,
+            ip_address=session.ip_address,
+            user_agent=session.user_agent,
+            device=session.auth_method,
+            created_at=(session.created_at or envelope.created_at).isoformat(),
+        )
 
 
 def build(config: WorkOSConfig) -> WorkOSSource:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from propagator.errors import MalformedPayload, SignatureInvalid, TimestampOutOfTolerance
-from propagator.sources import Ignored, StandardWebhooksConfig
+from propagator.sources import Ignored, SessionSeen, StandardWebhooksConfig
 from propagator.sources._mapping import EventMapping
 from propagator.sources.standard_webhooks import (
     DEFAULT_EVENT_TYPES,
@@ -198,9 +198,41 @@ class TestMapping:
         assert "standard-webhooks" == event.source_kind
 
     def test_other_types_are_ignored(self) -> None:
-        """session.created is acknowledged, not published."""
-        outcome = self.source.parse(clerk("session.created", {"id": "s"}), "msg_2", TS, RECEIVED)
-        assert Ignored(event_id="msg_2", type="session.created") == outcome
+        """user.created is acknowledged, not published."""
+        outcome = self.source.parse(clerk("user.created", {"id": "u"}), "msg_2", TS, RECEIVED)
+        assert Ignored(event_id="msg_2", type="user.created") == outcome
+
+    def test_session_created_feeds_the_inventory(self) -> None:
+        """Clerk's session.created is a session to remember, with its client details."""
+        body = clerk(
+            "session.created",
+            {
+                "object": "session",
+                "id": "sess_9",
+                "user_id": "user_9",
+                "created_at": 1716883200123,
+                "last_active_organization_id": "org_9",
+                "latest_activity": {
+                    "ip_address": "203.0.113.9",
+                    "browser_name": "Firefox",
+                    "browser_version": "130",
+                    "device_type": "Macintosh",
+                },
+            },
+        )
+        seen = self.source.parse(body, "msg_3", TS, RECEIVED)
+        assert isinstance(seen, SessionSeen)
+        assert ("sess_9", "user_9", "org_9") == (
+            seen.session_id,
+            seen.user_id,
+            seen.organization_id,
+        )
+        assert ("203.0.113.9", "Firefox 130", "Macintosh") == (
+            seen.ip_address,
+            seen.user_agent,
+            seen.device,
+        )
+        assert seen.created_at.startswith("2024-05-28T08:00:00.123")
 
     def test_operator_mapping_adds_a_user_scope_type(self) -> None:
         """An operator maps Clerk's user.deleted to user scope."""

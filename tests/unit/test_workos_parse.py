@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from propagator.errors import MalformedPayload
-from propagator.sources import Ignored, WorkOSSource, WorkOSVerifier
+from propagator.sources import Ignored, SessionSeen, WorkOSSource, WorkOSVerifier
 from schemas import RevocationEvent, RevocationScope
 from tests.conftest import fixture_bytes, load_fixture
 
@@ -67,18 +67,28 @@ class TestSessionRevoked:
 
 
 class TestOtherEvents:
-    def test_session_created_is_ignored(self, source: WorkOSSource) -> None:
-        """session.created is verified and acknowledged, but not a revocation."""
-        outcome = source.parse(fixture_bytes("workos_session_created.json"), RECEIVED)
-        assert (
-            Ignored(event_id="event_01EHZNVPK3SFK441A1RGBFSHRT", type="session.created") == outcome
+    def test_session_created_feeds_the_inventory(self, source: WorkOSSource) -> None:
+        """session.created is not a revocation: it is a session for the inventory."""
+        seen = source.parse(fixture_bytes("workos_session_created.json"), RECEIVED)
+        assert isinstance(seen, SessionSeen)
+        assert ("session_01H93ZY4F80QPBEZ1R5B2SHQG8", "user_01E4ZCR3C56J083X43JQXF3JK5") == (
+            seen.session_id,
+            seen.user_id,
         )
+        assert ("198.51.100.42", "sso") == (seen.ip_address, seen.device)
+        assert (seen.user_agent or "").startswith("Mozilla/5.0")
+        assert "2026-01-15T12:00:00+00:00" == seen.created_at
 
-    def test_legacy_session_created_is_ignored(self, source: WorkOSSource) -> None:
-        """The docs' older session.created example parses and is ignored."""
-        outcome = source.parse(fixture_bytes("workos_session_created_legacy.json"), RECEIVED)
-        assert isinstance(outcome, Ignored)
-        assert "session.created" == outcome.type
+    def test_legacy_session_created_parses(self, source: WorkOSSource) -> None:
+        """The docs' older session.created example (no auth_method, status) parses too."""
+        seen = source.parse(fixture_bytes("workos_session_created_legacy.json"), RECEIVED)
+        assert isinstance(seen, SessionSeen)
+        assert "session_01HSCBECW0D7AY8CA45AYKA64G" == seen.session_id
+
+    def test_other_types_are_ignored(self, source: WorkOSSource) -> None:
+        """A verified event of a type we do not act on is acknowledged, not published."""
+        body = envelope("user.updated", {"object": "user", "id": "user_1"})
+        assert Ignored(event_id="event_x", type="user.updated") == source.parse(body, RECEIVED)
 
 
 class TestMalformed:
