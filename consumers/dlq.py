@@ -8,19 +8,19 @@ sees it again. Purge deletes everything up to the current end of the dead-letter
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from consumers.config import dead_letter_topic, retry_topic
 from consumers.forwarding import H_DUE, H_LEVEL, H_REPLAYS
 from propagator.errors import map_kafka_errors
+from propagator.kafka import start_reader, topic_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +91,10 @@ class DeadLetterQueue:
     async def read(self, selector: Selector = Selector()) -> list[DeadLetter]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
         with map_kafka_errors():
-            partitions = await _partitions(self._bootstrap, self.topic)
+            partitions = await topic_partitions(self._bootstrap, self.topic)
             if not partitions:
                 return []
-            await _start(consumer)
+            await start_reader(consumer)
             try:
                 consumer.assign(partitions)
                 await consumer.seek_to_beginning(*partitions)
@@ -150,15 +150,31 @@ class DeadLetterQueue:
             progress(done, len(letters))
         return len(letters)
 
+    async def depth(self) -> int:
+        """How many dead letters the topic holds now."""
+        with map_kafka_errors():
+            partitions = await topic_partitions(self._bootstrap, self.topic)
+            if not partitions:
+                return 0
+            consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+            await start_reader(consumer)
+            try:
+                consumer.assign(partitions)
+                end = await consumer.end_offsets(partitions)
+                begin = await consumer.beginning_offsets(partitions)
+            finally:
+                await consumer.stop()
+        return sum(end[tp] - begin[tp] for tp in partitions)
+
     async def purge(self) -> int:
         """Delete every dead letter up to the current end; return how many were deleted."""
         with map_kafka_errors():
-            partitions = await _partitions(self._bootstrap, self.topic)
+            partitions = await topic_partitions(self._bootstrap, self.topic)
             if not partitions:
                 return 0
             consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
             admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
-            await _start(consumer)
+            await start_reader(consumer)
             await admin.start()
             try:
                 consumer.assign(partitions)  # so that the consumer loads the topic's metadata
@@ -169,24 +185,6 @@ class DeadLetterQueue:
                 await consumer.stop()
                 await admin.close()
         return sum(end[tp] - begin[tp] for tp in partitions)
-
-
-async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found = [t for t in described if t.get("topic") == topic and not t.get("error_code")]
-    return [TopicPartition(topic, p["partition"]) for t in found for p in t.get("partitions", ())]
-
-
-async def _start(consumer: AIOKafkaConsumer) -> None:
-    await consumer.start()
-    # Let the consumer's background task begin: aiokafka cannot stop a consumer whose
-    # task was cancelled before it ever ran.
-    await asyncio.sleep(0)
 
 
 def _letter(record: Any) -> DeadLetter:

@@ -35,6 +35,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from consumers.circuit import CircuitBreaker, CircuitOpen
 from consumers.config import EventFilter, RetryPolicy
 from consumers.forwarding import H_DUE, Forwarder, headers_of
+from consumers.metrics import WorkerMetrics
+from consumers.receipts import ReceiptWriter, receipt_for
 from consumers.sinks import Sink
 from propagator.errors import (
     DependencyUnavailable,
@@ -93,8 +95,12 @@ class Delivery:
         event_filter: EventFilter,
         retry: RetryPolicy,
         stop: asyncio.Event,
+        receipts: ReceiptWriter | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.subscriber = subscriber
+        self._receipts = receipts
+        self._metrics = metrics
         self._sink = sink
         self._forwarder = forwarder
         self.circuit = circuit
@@ -123,13 +129,14 @@ class Delivery:
             await self._apply([event for _, event in wanted])
         except SinkDown as exc:
             self.circuit.failure(down=True)
+            self._circuit_gauge()
             raise CircuitOpen(exc.message) from exc
         except (SinkUnavailable, SinkRejected):
             # Find the culprits one by one; the others are applied now.
             for record, event in wanted:
                 await self._one(record, event)
             return
-        self._applied(wanted)
+        await self._applied(wanted)
 
     async def _one(self, record: Record, event: RevocationEvent) -> None:
         with bound_contextvars(event_id=event.event_id):
@@ -137,9 +144,11 @@ class Delivery:
                 await self._apply([event])
             except SinkDown as exc:
                 self.circuit.failure(down=True)
+                self._circuit_gauge()
                 raise CircuitOpen(exc.message) from exc
             except SinkUnavailable as exc:
                 self.circuit.failure(down=False)
+                self._circuit_gauge()
                 if self.circuit.is_open:
                     raise CircuitOpen(exc.message) from exc
                 await self._forward(record, exc, attempts=self._retry.attempts)
@@ -147,15 +156,40 @@ class Delivery:
             except SinkRejected as exc:
                 await self._forward(record, exc, attempts=1)
                 return
-            self._applied([(record, event)])
+            await self._applied([(record, event)])
 
-    def _applied(self, applied: Sequence[tuple[Record, RevocationEvent]]) -> None:
+    async def _applied(self, applied: Sequence[tuple[Record, RevocationEvent]]) -> None:
         self.circuit.success()
+        self._circuit_gauge()
         now = time.time()
         for _, event in applied:
-            self.stats.latencies_s.append(now - event.received_at.timestamp())
+            latency = now - event.received_at.timestamp()
+            self.stats.latencies_s.append(latency)
+            if self._metrics is not None:
+                self._metrics.propagation_seconds.labels(self.subscriber).observe(latency)
+            if self._receipts is not None:
+                await self._receipts.emit(
+                    receipt_for(
+                        event,
+                        event_id=event.event_id,
+                        subscriber=self.subscriber,
+                        outcome="applied",
+                        attempts=1,
+                    )
+                )
         del self.stats.latencies_s[:-10_000]
         self.stats.applied += len(applied)
+        if self._metrics is not None:
+            self._metrics.applied.labels(self.subscriber).inc(len(applied))
+
+    def _circuit_gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.circuit_open.labels(self.subscriber).set(1 if self.circuit.is_open else 0)
+
+    async def flush(self) -> None:
+        """Wait until every receipt of the records handled so far is durable."""
+        if self._receipts is not None:
+            await self._receipts.flush()
 
     async def _apply(self, events: Sequence[RevocationEvent]) -> None:
         retrying = AsyncRetrying(
@@ -169,7 +203,13 @@ class Delivery:
             with attempt:
                 if self._stop.is_set() and attempt.retry_state.attempt_number > 1:
                     raise Stopping
-                await self._sink.apply(events)
+                started = time.perf_counter()
+                try:
+                    await self._sink.apply(events)
+                finally:
+                    if self._metrics is not None:
+                        elapsed = time.perf_counter() - started
+                        self._metrics.sink_seconds.labels(self.subscriber).observe(elapsed)
 
     def _wait(self, state: RetryCallState) -> float:
         exponential = min(0.1 * 2.0 ** (state.attempt_number - 1), self._retry.max_backoff_s)
@@ -205,7 +245,9 @@ class Delivery:
                 if self._stop.is_set():
                     raise Stopping from exc
                 backoff = min(backoff * 2, 5.0)
-        if topic == self._forwarder.dead_letter_topic:
+        dead = topic == self._forwarder.dead_letter_topic
+        await self._receipt_for_forward(record, error, attempts, dead=dead, topic=topic)
+        if dead:
             self.stats.dead_lettered += 1
             _log.error(
                 "event.dead_lettered",
@@ -220,6 +262,34 @@ class Delivery:
             _log.warning(
                 "event.retry_scheduled", subscriber=self.subscriber, topic=topic, code=error.code
             )
+
+    async def _receipt_for_forward(
+        self, record: Record, error: PropagatorError, attempts: int, *, dead: bool, topic: str
+    ) -> None:
+        if self._metrics is not None:
+            if dead:
+                self._metrics.dead_letters.labels(self.subscriber).inc()
+            else:
+                level = topic.rsplit(".", 1)[-1]
+                self._metrics.retries.labels(self.subscriber, level).inc()
+        if self._receipts is None:
+            return
+        try:
+            event: RevocationEvent | None = _decode(record)
+        except InvalidRecord:
+            event = None
+        event_id = event.event_id if event else headers_of(record).get("event-id", "unknown")
+        await self._receipts.emit(
+            receipt_for(
+                event,
+                event_id=event_id,
+                subscriber=self.subscriber,
+                outcome="dead-lettered" if dead else "retrying",
+                attempts=attempts,
+                error=f"{type(error).__name__}: {error.message}"[:512],
+                http_status=getattr(error, "http_status", None),
+            )
+        )
 
 
 class ConsumerLoop:
@@ -246,6 +316,11 @@ class ConsumerLoop:
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms
         self._resume_at: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.last_committed_ts_ms: dict[TopicPartition, int] = {}
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self._consumer
 
     async def run(self) -> None:
         try:
@@ -270,7 +345,9 @@ class ConsumerLoop:
             if not due:
                 return
         await self._with_circuit(tp, due)
+        await self._delivery.flush()
         await self._commit(tp, due[-1].offset + 1)
+        self.last_committed_ts_ms[tp] = due[-1].timestamp
 
     def _due_prefix(self, tp: TopicPartition, records: Sequence[Record]) -> Sequence[Record]:
         now_ms = time.time() * 1000

@@ -11,21 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 from consumers.circuit import CircuitBreaker
 from consumers.config import SubscriberConfig, dead_letter_topic, retry_topic
+from consumers.dlq import DeadLetterQueue
 from consumers.forwarding import Forwarder, Route
+from consumers.metrics import WorkerMetrics
+from consumers.receipts import ReceiptProjection, ReceiptWriter, run_projection
 from consumers.runtime import ConsumerLoop, Delivery
 from consumers.sinks import Sink, build_sink
 from consumers.sinks.http import HttpSinkConfig, make_http_session
-from propagator.errors import DependencyUnavailable, map_kafka_errors
+from propagator.errors import DependencyUnavailable, PropagatorError, map_kafka_errors
 from propagator.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
 from propagator.settings import Settings
 
@@ -35,6 +41,15 @@ _log = structlog.get_logger(__name__)
 def topics_for(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> list[TopicSpec]:
     kafka = settings.kafka
     specs = [TopicSpec(kafka.topic, kafka.topic_partitions, kafka.topic_replication_factor)]
+    if settings.receipts.enabled:
+        specs.append(
+            TopicSpec(
+                settings.receipts_topic,
+                kafka.topic_partitions,
+                kafka.topic_replication_factor,
+                {"retention.ms": str(settings.receipts.retention_ms)},
+            )
+        )
     for sub in subscribers:
         for level in range(len(sub.retry.delays_s)):
             specs.append(
@@ -123,7 +138,11 @@ class Clients:
 
 
 def _subscriber(
-    settings: Settings, config: SubscriberConfig, clients: Clients, stop: asyncio.Event
+    settings: Settings,
+    config: SubscriberConfig,
+    clients: Clients,
+    stop: asyncio.Event,
+    metrics: WorkerMetrics,
 ) -> RunningSubscriber:
     kafka, worker = settings.kafka, settings.worker
     sink: Sink = build_sink(config.sink, redis=clients.redis, session=clients.http)
@@ -151,6 +170,12 @@ def _subscriber(
         event_filter=config.filter,
         retry=config.retry,
         stop=stop,
+        receipts=(
+            ReceiptWriter(producer=clients.producer, topic=settings.receipts_topic)
+            if settings.receipts.enabled
+            else None
+        ),
+        metrics=metrics,
     )
     main = make_consumer(kafka, worker, group, kafka.topic)
     consumers, loops = (
@@ -184,15 +209,46 @@ async def run_worker(
         return []
     clients = Clients(settings, selected)
     running: list[RunningSubscriber] = []
+    metrics = WorkerMetrics(CollectorRegistry())
+    extra: list[AIOKafkaConsumer] = []
+    background: list[Awaitable[None]] = []
+    metrics_runner: web.AppRunner | None = None
     try:
         with map_kafka_errors():
             await clients.producer.start()
         for config in selected:
-            sub = _subscriber(settings, config, clients, stop)
+            sub = _subscriber(settings, config, clients, stop, metrics)
             running.append(sub)
             for consumer in sub.consumers:
                 with map_kafka_errors():
                     await consumer.start()
+        if settings.receipts.enabled:
+            projection_consumer = make_consumer(
+                settings.kafka,
+                settings.worker,
+                f"{settings.worker.group_prefix}receipts-projection",
+                settings.receipts_topic,
+            )
+            extra.append(projection_consumer)
+            with map_kafka_errors():
+                await projection_consumer.start()
+            projection = ReceiptProjection(
+                redis=clients.redis(None),
+                prefix=settings.receipts.projection_prefix,
+                ttl_s=settings.receipts.projection_ttl_s,
+            )
+            background.append(
+                run_projection(consumer=projection_consumer, projection=projection, stop=stop)
+            )
+        background.append(_observe(settings, running, metrics, stop))
+        if settings.worker.metrics_port:
+            try:
+                metrics_runner = await serve_metrics(
+                    metrics.registry, settings.worker.metrics_host, settings.worker.metrics_port
+                )
+            except OSError as exc:
+                # Delivery matters more than its metrics: run on, and say so loudly.
+                _log.error("metrics.unavailable", port=settings.worker.metrics_port, error=str(exc))
         _log.info(
             "worker.started",
             subscribers=[s.config.name for s in running],
@@ -200,7 +256,7 @@ async def run_worker(
         )
         if started is not None:
             started.set()
-        await asyncio.gather(*(loop.run() for sub in running for loop in sub.loops))
+        await asyncio.gather(*(loop.run() for sub in running for loop in sub.loops), *background)
         for sub in running:
             stats = sub.delivery.stats
             _log.info(
@@ -215,8 +271,70 @@ async def run_worker(
         for sub in running:
             for consumer in sub.consumers:
                 await consumer.stop()
+        for consumer in extra:
+            await consumer.stop()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await clients.close()
     return running
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
+    """GET /metrics of this worker process."""
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_endpoint)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def _observe(
+    settings: Settings,
+    running: Sequence[RunningSubscriber],
+    metrics: WorkerMetrics,
+    stop: asyncio.Event,
+) -> None:
+    """Every few seconds: lag (records and seconds) and dead-letter depth per subscriber."""
+    while not stop.is_set():
+        now_ms = time.time() * 1000
+        for sub in running:
+            loop = sub.loops[0]
+            consumer = loop.consumer
+            lag, oldest_ms = 0, None
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                behind = highwater - await consumer.position(tp)
+                lag += max(behind, 0)
+                if behind > 0:
+                    last = loop.last_committed_ts_ms.get(tp, now_ms)
+                    oldest_ms = last if oldest_ms is None else min(oldest_ms, last)
+            name = sub.config.name
+            metrics.lag_records.labels(name).set(lag)
+            metrics.lag_seconds.labels(name).set((now_ms - oldest_ms) / 1000 if oldest_ms else 0)
+            with contextlib.suppress(PropagatorError):
+                depth = await _dead_letter_depth(settings, name)
+                metrics.dead_letter_depth.labels(name).set(depth)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await stop.wait()
+
+
+async def _dead_letter_depth(settings: Settings, subscriber: str) -> int:
+    letters = await DeadLetterQueue(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.topic,
+        subscriber=subscriber,
+    ).depth()
+    return letters
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

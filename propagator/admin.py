@@ -5,6 +5,7 @@
     POST /admin/dlq/{subscriber}/replay        {since, until, event_id, error_class, dry_run}
     POST /admin/dlq/{subscriber}/purge         delete every dead letter up to now
     GET  /admin/users/{user_id}/sessions       the user's session inventory and watermark
+    GET  /admin/revocations/{event_id}         the event and, per subscriber, its status
 
 Registered only when at least one admin token is configured.
 """
@@ -22,9 +23,12 @@ from aiohttp.typedefs import Middleware
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from consumers.config import SubscriberConfig
 from consumers.dlq import DeadLetterQueue, Selector
+from consumers.receipts import ReceiptProjection
 from propagator.errors import MalformedPayload, RequestRejected, Unauthorized, map_redis_errors
 from propagator.inventory import SessionInventory
+from schemas import RevocationEvent
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 QUEUES: web.AppKey[Mapping[str, DeadLetterQueue]] = web.AppKey("dead_letter_queues")
@@ -32,6 +36,13 @@ PRODUCER: web.AppKey[AIOKafkaProducer] = web.AppKey("admin_producer")
 ADMIN_INVENTORY: web.AppKey[SessionInventory] = web.AppKey("admin_inventory")
 ADMIN_REDIS: web.AppKey[Redis] = web.AppKey("admin_redis")
 WATERMARK_KEY: web.AppKey[str] = web.AppKey("user_watermark_key")
+PROJECTION: web.AppKey[ReceiptProjection] = web.AppKey("receipt_projection")
+SUBSCRIBERS: web.AppKey[Sequence[SubscriberConfig]] = web.AppKey("subscribers")
+
+
+class UnknownRevocation(RequestRejected):
+    status = 404
+    code = "unknown_revocation"
 
 
 class UnknownSubscriber(RequestRejected):
@@ -152,6 +163,42 @@ async def user_sessions(request: web.Request) -> web.Response:
     )
 
 
+def revocation_status(
+    event: dict[str, Any],
+    receipts: Mapping[str, dict[str, Any]],
+    subscribers: Sequence[SubscriberConfig],
+) -> dict[str, Any]:
+    """Per subscriber the event should reach: applied, retrying, dead-lettered or pending."""
+    parsed = RevocationEvent.model_validate(event)
+    statuses: dict[str, dict[str, Any]] = {}
+    for sub in subscribers:
+        if not sub.filter.matches(parsed):
+            continue
+        receipt = receipts.get(sub.name)
+        if receipt is None:
+            statuses[sub.name] = {"status": "pending"}
+        else:
+            statuses[sub.name] = {
+                "status": receipt["outcome"],
+                **{
+                    k: receipt.get(k)
+                    for k in ("at", "attempts", "latency_s", "error", "http_status")
+                },
+            }
+    return {
+        "event": event,
+        "subscribers": statuses,
+        "applied_everywhere": all(s["status"] == "applied" for s in statuses.values()),
+    }
+
+
+async def revocation(request: web.Request) -> web.Response:
+    event, receipts = await request.app[PROJECTION].lookup(request.match_info["event_id"])
+    if event is None:
+        raise UnknownRevocation(f"no revocation {request.match_info['event_id']!r} is known")
+    return web.json_response(revocation_status(event, receipts, request.app[SUBSCRIBERS]))
+
+
 def register_admin(
     app: web.Application,
     *,
@@ -160,12 +207,17 @@ def register_admin(
     inventory: SessionInventory,
     redis: Redis,
     user_watermark_key: str,
+    projection: ReceiptProjection,
+    subscribers: Sequence[SubscriberConfig],
 ) -> None:
     app[QUEUES] = queues
     app[PRODUCER] = producer
     app[ADMIN_INVENTORY] = inventory
     app[ADMIN_REDIS] = redis
     app[WATERMARK_KEY] = user_watermark_key
+    app[PROJECTION] = projection
+    app[SUBSCRIBERS] = subscribers
+    app.router.add_get("/admin/revocations/{event_id}", revocation)
     app.router.add_get("/admin/users/{user_id}/sessions", user_sessions)
     app.router.add_get("/admin/dlq/{subscriber}", list_dead_letters)
     app.router.add_get("/admin/dlq/{subscriber}/{partition}/{offset}", show_dead_letter)

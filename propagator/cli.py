@@ -1,4 +1,4 @@
-"""The ``propagator`` command: ``ingest``, ``worker``, ``dlq``, ``send-sample``.
+"""The ``propagator`` command: ``ingest``, ``worker``, ``dlq``, ``audit``, ``send-sample``.
 
 Settings come from the environment (``PROPAGATOR_*``) and an optional YAML file
 (``--config`` or ``PROPAGATOR_CONFIG``); secrets are never taken from the command line.
@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from consumers.dlq import DeadLetterQueue, Selector
+from consumers.receipts import ReceiptProjection
 from propagator.admin import register_admin
 from propagator.app import create_app
 from propagator.broker import BrokerConnection
@@ -92,6 +93,11 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         prefix=settings.inventory.key_prefix,
         ttl_s=settings.denylist.max_session_lifetime_s,
     )
+    projection = ReceiptProjection(
+        redis=redis,
+        prefix=settings.receipts.projection_prefix,
+        ttl_s=settings.receipts.projection_ttl_s,
+    )
     kafka = settings.kafka
     producer = make_producer(kafka)
     metrics = IngestMetrics(CollectorRegistry())
@@ -118,6 +124,7 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         metrics=metrics,
         admin_tokens=settings.admin.active_tokens(),
         inventory=inventory if settings.inventory.enabled else None,
+        projection=projection if settings.receipts.enabled else None,
     )
     if settings.admin.active_tokens():
         register_admin(
@@ -127,6 +134,8 @@ async def build_ingest_app(settings: Settings) -> web.Application:
             inventory=inventory,
             redis=redis,
             user_watermark_key=f"{settings.denylist.key_prefix}user:{{user_id}}",
+            projection=projection,
+            subscribers=settings.effective_subscribers(),
         )
 
     async def _close_clients(_: web.Application) -> None:
@@ -292,6 +301,33 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.audit import build_report
+
+    since, until = _when(args.since), _when(args.until) or datetime.now(UTC)
+    if since is None:
+        raise UsageError("--since is required")
+    report = asyncio.run(
+        build_report(
+            bootstrap=settings.kafka.bootstrap_servers,
+            topic=settings.kafka.topic,
+            receipts_topic=settings.receipts_topic,
+            subscribers=settings.effective_subscribers(),
+            since=since,
+            until=until,
+            progress=_progress,
+        )
+    )
+    text = report.to_json() if args.format == "json" else report.to_csv()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    summary = report.summary()
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="propagator", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML settings file (or PROPAGATOR_CONFIG)")
@@ -320,6 +356,15 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--partition", type=int, default=0, help="for show")
     dlq.add_argument("--offset", type=int, default=0, help="for show")
     dlq.add_argument("--dry-run", action="store_true", help="for replay: list, change nothing")
+    audit = commands.add_parser("audit", help="evidence reports")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    export = audit_commands.add_parser(
+        "export", help="every revocation in a window, per subscriber"
+    )
+    export.add_argument("--since", required=True, help="RFC 3339, e.g. 2026-12-01T00:00:00Z")
+    export.add_argument("--until", help="RFC 3339 (default: now)")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--output", help="file to write (default: standard output)")
     return parser
 
 
@@ -338,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(settings, args.subscriber)
         if args.command == "dlq":
             return _dlq(settings, args)
+        if args.command == "audit":
+            return _audit(settings, args)
         return _send_sample(settings, args.url, args.session_id, args.wait)
     except UsageError as exc:
         print(f"propagator: {exc}", file=sys.stderr)

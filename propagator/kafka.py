@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from propagator.errors import PublishFailed, map_kafka_errors
@@ -19,6 +20,7 @@ class TopicSpec:
     name: str
     partitions: int
     replication_factor: int
+    configs: Mapping[str, str] = field(default_factory=dict)
 
 
 def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
@@ -57,10 +59,35 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[TopicSpec]) -> 
         await admin.start()
         try:
             response = await admin.create_topics(
-                [NewTopic(t.name, t.partitions, t.replication_factor) for t in topics]
+                [
+                    NewTopic(
+                        t.name, t.partitions, t.replication_factor, topic_configs=dict(t.configs)
+                    )
+                    for t in topics
+                ]
             )
         finally:
             await admin.close()
     for topic, code, *rest in response.topic_errors:
         if code not in (0, _TOPIC_ALREADY_EXISTS):
             raise PublishFailed(f"cannot create topic {topic}: error {code} {rest}")
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic`` (none when it does not exist), asked of the controller."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = [t for t in described if t.get("topic") == topic and not t.get("error_code")]
+    return [TopicPartition(topic, p["partition"]) for t in found for p in t.get("partitions", ())]
+
+
+async def start_reader(consumer: AIOKafkaConsumer) -> None:
+    """Start a group-less consumer that will read assigned partitions."""
+    await consumer.start()
+    # Let the consumer's background task begin: aiokafka cannot stop a consumer whose
+    # task was cancelled before it ever ran.
+    await asyncio.sleep(0)

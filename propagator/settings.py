@@ -128,10 +128,25 @@ class WorkerSettings(_Section):
     # The broker holds an empty fetch at most this long; it bounds idle latency.
     fetch_max_wait_ms: int = Field(default=50, ge=0)
     max_backoff_s: float = Field(default=5.0, gt=0)
+    # Prometheus metrics of the worker process (GET /metrics); 0 turns the endpoint off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
 
     @property
     def group_id(self) -> str:
         return f"{self.group_prefix}{self.subscriber}"
+
+
+class ReceiptSettings(_Section):
+    """Receipts: per subscriber, what became of each revocation; the durable audit log."""
+
+    enabled: bool = True
+    # Topic name; default: "{kafka.topic}.receipts".
+    topic: str | None = None
+    retention_ms: int = Field(default=400 * 24 * 3600 * 1000, ge=3_600_000)
+    # The look-up projection of the latest state per event, in Redis.
+    projection_prefix: str = "propagator:receipts:"
+    projection_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
 
 
 class AdminSettings(_Section):
@@ -168,6 +183,7 @@ class Settings(BaseSettings):
     denylist: DenylistSettings = DenylistSettings()
     inventory: InventorySettings = InventorySettings()
     worker: WorkerSettings = WorkerSettings()
+    receipts: ReceiptSettings = ReceiptSettings()
     admin: AdminSettings = AdminSettings()
     log: LogSettings = LogSettings()
 
@@ -181,6 +197,10 @@ class Settings(BaseSettings):
             if duplicates:
                 raise ValueError(f"{what} names must be unique: {sorted(duplicates)}")
         return self
+
+    @property
+    def receipts_topic(self) -> str:
+        return self.receipts.topic or f"{self.kafka.topic}.receipts"
 
     def effective_subscribers(self) -> list[SubscriberConfig]:
         if self.subscribers:

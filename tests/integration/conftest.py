@@ -26,6 +26,7 @@ from propagator.settings import (
     IngestSettings,
     KafkaSettings,
     LogSettings,
+    ReceiptSettings,
     RedisSettings,
     Settings,
     WorkerSettings,
@@ -96,7 +97,8 @@ def settings(topic: str, unique: str, redis: Redis) -> Settings:
         denylist=DenylistSettings(
             key_prefix=f"test:{unique}:revoked:", max_session_lifetime_s=3600
         ),
-        worker=WorkerSettings(subscriber=f"test-{unique}", fetch_max_wait_ms=20),
+        worker=WorkerSettings(subscriber=f"test-{unique}", fetch_max_wait_ms=20, metrics_port=0),
+        receipts=ReceiptSettings(projection_prefix=f"test:{unique}:receipts:"),
         log=LogSettings(format="json"),
     )
 

@@ -133,6 +133,7 @@ class TestDLQCommand:
                 "PROPAGATOR_KAFKA__BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
                 "PROPAGATOR_KAFKA__TOPIC": settings.kafka.topic,
                 "PROPAGATOR_WORKER__SUBSCRIBER": settings.worker.subscriber,
+                "PROPAGATOR_WORKER__METRICS_PORT": "0",
             }
         )
         base = [sys.executable, "-m", "propagator", "dlq"]

@@ -38,6 +38,8 @@ def env(settings: Settings) -> dict[str, str]:
             "PROPAGATOR_DENYLIST__KEY_PREFIX": settings.denylist.key_prefix,
             "PROPAGATOR_INGEST__DEDUPE_KEY_PREFIX": settings.ingest.dedupe_key_prefix,
             "PROPAGATOR_WORKER__SUBSCRIBER": settings.worker.subscriber,
+            "PROPAGATOR_WORKER__METRICS_PORT": str(free_port()),
+            "PROPAGATOR_RECEIPTS__PROJECTION_PREFIX": settings.receipts.projection_prefix,
             "PROPAGATOR_INGEST__PORT": str(free_port()),
             "PROPAGATOR_WORKOS__SECRETS": SECRET,
             "PROPAGATOR_LOG__FORMAT": "json",
@@ -97,6 +99,21 @@ class TestCommands:
         assert 0 == sample.returncode, text
         assert "-> 200" in text
         assert f"GET {env['PROPAGATOR_DENYLIST__KEY_PREFIX']}session:session_" in text
+
+        subscriber = env["PROPAGATOR_WORKER__SUBSCRIBER"]
+        async with aiohttp.ClientSession() as http:
+            ingest_metrics = await (await http.get(f"http://127.0.0.1:{port}/metrics")).text()
+            assert 'propagator_ingest_requests_total{outcome="published",source="workos"} 1.0' in (
+                ingest_metrics
+            )
+            worker_url = f"http://127.0.0.1:{env['PROPAGATOR_WORKER__METRICS_PORT']}/metrics"
+            worker_metrics = await (await http.get(worker_url)).text()
+        assert f'propagator_applied_total{{subscriber="{subscriber}"}} 1.0' in worker_metrics
+        assert (
+            f'propagator_propagation_seconds_count{{subscriber="{subscriber}"}} 1.0'
+            in worker_metrics
+        )
+        assert f'propagator_circuit_open{{subscriber="{subscriber}"}} 0.0' in worker_metrics
 
         for proc in processes.values():
             proc.send_signal(signal.SIGTERM)

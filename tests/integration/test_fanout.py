@@ -303,6 +303,8 @@ class TestCrashSafety:
                 "PROPAGATOR_REDIS__URL": REDIS_URL,
                 "PROPAGATOR_DENYLIST__KEY_PREFIX": settings.denylist.key_prefix,
                 "PROPAGATOR_WORKER__SUBSCRIBER": settings.worker.subscriber,
+                "PROPAGATOR_WORKER__METRICS_PORT": "0",
+                "PROPAGATOR_RECEIPTS__PROJECTION_PREFIX": settings.receipts.projection_prefix,
                 "PROPAGATOR_WORKER__MAX_BATCH": "50",
                 "PROPAGATOR_LOG__LEVEL": "WARNING",
             }

@@ -1,0 +1,177 @@
+"""Receipts: per subscriber, what became of each revocation, and when — the audit trail.
+
+Each subscriber emits one receipt per record it applied, sent to a retry topic, or
+dead-lettered, to the receipts topic (keyed by event id, so one event's receipts stay in
+order). They are flushed before the offsets they describe are committed, so a crash can
+repeat a receipt but never lose one. A projection keeps the latest state per event and
+subscriber in Redis for fast look-ups (``GET /admin/revocations/{event_id}``).
+
+    {prefix}{event_id}   hash: "_event" → the canonical event (JSON);
+                               {subscriber} → the latest receipt (JSON)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from propagator.errors import DependencyUnavailable, map_kafka_errors, map_redis_errors
+from schemas import RevocationEvent
+
+_log = structlog.get_logger(__name__)
+
+Outcome = Literal["applied", "retrying", "dead-lettered"]
+EVENT_FIELD = "_event"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    event_id: str
+    subscriber: str
+    outcome: Outcome
+    at: str
+    attempts: int
+    latency_s: float | None
+    error: str | None
+    http_status: int | None
+    event: dict[str, Any] | None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Receipt:
+        return cls(**json.loads(raw))
+
+
+def receipt_for(
+    event: RevocationEvent | None,
+    *,
+    event_id: str,
+    subscriber: str,
+    outcome: Outcome,
+    attempts: int,
+    error: str | None = None,
+    http_status: int | None = None,
+) -> Receipt:
+    now = datetime.now(UTC)
+    latency = (now - event.received_at).total_seconds() if event is not None else None
+    return Receipt(
+        event_id=event_id,
+        subscriber=subscriber,
+        outcome=outcome,
+        at=now.isoformat(),
+        attempts=attempts,
+        latency_s=latency if outcome == "applied" else None,
+        error=error,
+        http_status=http_status,
+        event=event.model_dump(mode="json") if event is not None else None,
+    )
+
+
+class ReceiptWriter:
+    """Sends receipts as they are made and waits for all of them in ``flush``."""
+
+    def __init__(self, *, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._pending: list[asyncio.Future[Any]] = []
+
+    async def emit(self, receipt: Receipt) -> None:
+        with map_kafka_errors():
+            future = await self._producer.send(
+                self._topic, value=receipt.to_bytes(), key=receipt.event_id.encode()
+            )
+        self._pending.append(future)
+
+    async def flush(self) -> None:
+        """Return once the broker acknowledged every receipt emitted so far."""
+        pending, self._pending = self._pending, []
+        if pending:
+            with map_kafka_errors():
+                await asyncio.gather(*pending)
+
+
+class ReceiptProjection:
+    """The latest receipt per event and subscriber, in Redis hashes that expire."""
+
+    def __init__(self, *, redis: Redis, prefix: str, ttl_s: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+
+    def key(self, event_id: str) -> str:
+        return f"{self._prefix}{event_id}"
+
+    async def apply(self, receipts: Sequence[Receipt]) -> None:
+        with map_redis_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for receipt in receipts:
+                    key = self.key(receipt.event_id)
+                    if receipt.event is not None:
+                        pipe.hsetnx(key, EVENT_FIELD, json.dumps(receipt.event))
+                    summary = {k: v for k, v in asdict(receipt).items() if k != "event"}
+                    pipe.hset(key, receipt.subscriber, json.dumps(summary))
+                    pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+
+    async def record_event(self, event: RevocationEvent) -> None:
+        """Ingest's note that an event was published, so it shows as pending at once."""
+        key = self.key(event.event_id)
+        with map_redis_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
+                pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+
+    async def lookup(
+        self, event_id: str
+    ) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+        """The event (if known) and the latest receipt per subscriber."""
+        with map_redis_errors():
+            raw = await self._redis.hgetall(self.key(event_id))
+        fields = {
+            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
+        }
+        event = fields.pop(EVENT_FIELD, None)
+        return event, fields
+
+
+async def run_projection(
+    *, consumer: AIOKafkaConsumer, projection: ReceiptProjection, stop: asyncio.Event
+) -> None:
+    """Fold the receipts topic into the projection, committing after each applied batch."""
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+        for tp, records in batches.items():
+            receipts = []
+            for record in records:
+                try:
+                    receipts.append(Receipt.from_bytes(record.value or b""))
+                except (ValueError, TypeError):
+                    _log.warning("receipt.unreadable", partition=tp.partition, offset=record.offset)
+            while True:
+                try:
+                    await projection.apply(receipts)
+                    break
+                except DependencyUnavailable as exc:
+                    _log.warning("projection.retrying", error=exc.message)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await stop.wait()
+                    if stop.is_set():
+                        return
+            try:
+                await consumer.commit({tp: records[-1].offset + 1})
+            except KafkaError as exc:
+                _log.warning("projection.commit_failed", error=str(exc))
