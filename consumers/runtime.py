@@ -38,6 +38,7 @@ from consumers.forwarding import H_DUE, Forwarder, headers_of
 from consumers.metrics import WorkerMetrics
 from consumers.receipts import ReceiptWriter, receipt_for
 from consumers.sinks import Sink
+from propagator import tracing
 from propagator.errors import (
     DependencyUnavailable,
     InvalidRecord,
@@ -71,6 +72,13 @@ class Stopping(Exception):
 
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, PropagatorError) and exc.retriable
+
+
+def _maybe(record: Record) -> list[RevocationEvent]:
+    try:
+        return [_decode(record)]
+    except InvalidRecord:
+        return []
 
 
 def _decode(record: Record) -> RevocationEvent:
@@ -108,11 +116,18 @@ class Delivery:
         self._retry = retry
         self._stop = stop
         self.stats = SubscriberStats()
+        self._traces: dict[str, str] = {}
 
     async def handle(self, records: Sequence[Record]) -> None:
         """Return once every record is applied, forwarded or dead-lettered; else raise
         CircuitOpen (hold them) or Stopping (abandon them)."""
         wanted: list[tuple[Record, RevocationEvent]] = []
+        self._traces = {
+            e.event_id: t
+            for r in records
+            if (t := headers_of(r).get(tracing.HEADER)) and tracing.valid(t)
+            for e in _maybe(r)
+        }
         for record in records:
             try:
                 event = _decode(record)
@@ -192,6 +207,13 @@ class Delivery:
             await self._receipts.flush()
 
     async def _apply(self, events: Sequence[RevocationEvent]) -> None:
+        token = tracing.by_event.set(self._traces)
+        try:
+            await self._apply_retrying(events)
+        finally:
+            tracing.by_event.reset(token)
+
+    async def _apply_retrying(self, events: Sequence[RevocationEvent]) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: _retriable(e) and not isinstance(e, SinkDown)),
             stop=stop_after_attempt(self._retry.attempts),

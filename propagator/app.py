@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
 from consumers.receipts import ReceiptProjection
+from propagator import tracing
 from propagator.admin import bearer_auth
 from propagator.broker import Connection
 from propagator.dedupe import PublishOnce
@@ -73,7 +74,12 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     """Every failure becomes a JSON body with a stable code; nothing leaks a traceback."""
     # Requests on one keep-alive connection share a task, hence a context: start clean.
     clear_contextvars()
-    bind_contextvars(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex)
+    traceparent = tracing.continue_or_start(request.headers.get(tracing.HEADER))
+    tracing.current.set(traceparent)
+    bind_contextvars(
+        request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex,
+        trace_id=tracing.trace_id(traceparent),
+    )
     try:
         return await handler(request)
     except PropagatorError as exc:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
+from propagator import tracing
 from propagator.errors import map_kafka_errors
 from schemas import SCHEMA_VERSION, RevocationEvent
 
@@ -46,6 +47,9 @@ class KafkaPublisher:
             ("schema-version", str(SCHEMA_VERSION).encode()),
             ("event-id", event.event_id.encode()),
         ]
+        traceparent = tracing.current.get()
+        if traceparent is not None:
+            headers.append((tracing.HEADER, traceparent.encode()))
         with map_kafka_errors():
             async with asyncio.timeout(self._timeout_s):
                 metadata = await self._producer.send_and_wait(

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from propagator import tracing
 from propagator.errors import SinkRejected, SinkUnavailable, map_http_errors
 from propagator.sources.standard_webhooks import decode_secret
 from schemas import RevocationEvent
@@ -163,6 +164,9 @@ class HttpSink:
             "webhook-timestamp": str(now),
             "webhook-signature": sign(self._key, event.event_id, now, body),
         }
+        traceparent = tracing.by_event.get().get(event.event_id)
+        if traceparent is not None:
+            headers[tracing.HEADER] = tracing.child(traceparent)
         with map_http_errors():
             async with self._http.post(
                 self._url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
