@@ -13,7 +13,6 @@ subscriber in Redis for fast look-ups (``GET /admin/revocations/{event_id}``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
+from consumers._wait import pause
 from propagator.errors import DependencyUnavailable, map_kafka_errors, map_redis_errors
 from schemas import RevocationEvent
 
@@ -166,10 +166,7 @@ async def run_projection(
                     break
                 except DependencyUnavailable as exc:
                     _log.warning("projection.retrying", error=exc.message)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await stop.wait()
-                    if stop.is_set():
+                    if await pause(stop, 1.0):
                         return
             try:
                 await consumer.commit({tp: records[-1].offset + 1})

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from structlog.contextvars import bound_contextvars
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from consumers._wait import pause
 from consumers.circuit import CircuitBreaker, CircuitOpen
 from consumers.config import EventFilter, RetryPolicy
 from consumers.forwarding import H_DUE, Forwarder, headers_of
@@ -261,10 +262,7 @@ class Delivery:
             except DependencyUnavailable as exc:
                 # The broker is down too: nothing may be committed until the record is safe.
                 _log.warning("forward.retrying", subscriber=self.subscriber, error=exc.message)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await self._stop.wait()
-                if self._stop.is_set():
+                if await pause(self._stop, backoff):
                     raise Stopping from exc
                 backoff = min(backoff * 2, 5.0)
         dead = topic == self._forwarder.dead_letter_topic
@@ -401,10 +399,7 @@ class ConsumerLoop:
             try:
                 delay = circuit.next_probe_in()
                 _log.info("circuit.holding", subscriber=self._delivery.subscriber, probe_in_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                if self._stop.is_set():
+                if await pause(self._stop, delay):
                     raise Stopping
                 # Anything fetched meanwhile (a partition assigned during the hold) is read
                 # again later: seek back so that no record is skipped.

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
+from consumers._wait import pause
 from consumers.circuit import CircuitBreaker
 from consumers.config import SubscriberConfig, dead_letter_topic, retry_topic
 from consumers.dlq import DeadLetterQueue
@@ -87,9 +88,7 @@ async def _until_broker_answers(
             await ensure_topics(settings.kafka.bootstrap_servers, topics)
         except DependencyUnavailable as exc:
             _log.warning("broker.connect_failed", error=str(exc), retry_in_s=backoff)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await stop.wait()
+            await pause(stop, backoff)
             backoff = min(backoff * 2, settings.worker.max_backoff_s)
         else:
             return True
@@ -323,9 +322,7 @@ async def _observe(
             with contextlib.suppress(PropagatorError):
                 depth = await _dead_letter_depth(settings, name)
                 metrics.dead_letter_depth.labels(name).set(depth)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await stop.wait()
+        await pause(stop, 10)
 
 
 async def _dead_letter_depth(settings: Settings, subscriber: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import jwt
@@ -34,6 +34,15 @@ DEFAULT_ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
+
+
+class JWKSConfig(Protocol):
+    @property
+    def jwks_uri(self) -> str: ...
+    @property
+    def jwks_max_age_s(self) -> float: ...
+    @property
+    def jwks_min_refresh_interval_s(self) -> float: ...
 
 
 class JWKSCache:
@@ -73,6 +82,15 @@ class JWKSCache:
         if key is None:
             raise TokenInvalid(f"no signing key with kid {kid!r} for {alg}", code="unknown_key")
         return key
+
+    @classmethod
+    def from_config(cls, config: JWKSConfig, *, http: aiohttp.ClientSession) -> JWKSCache:
+        return cls(
+            http=http,
+            uri=config.jwks_uri,
+            max_age_s=config.jwks_max_age_s,
+            min_refresh_interval_s=config.jwks_min_refresh_interval_s,
+        )
 
     def _find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         usable = [

@@ -152,12 +152,7 @@ def build(config: OIDCBackchannelConfig, *, http: aiohttp.ClientSession) -> OIDC
         name=config.name,
         issuer=config.issuer,
         audience=config.audience,
-        keys=JWKSCache(
-            http=http,
-            uri=config.jwks_uri,
-            max_age_s=config.jwks_max_age_s,
-            min_refresh_interval_s=config.jwks_min_refresh_interval_s,
-        ),
+        keys=JWKSCache.from_config(config, http=http),
         algorithms=config.algorithms,
         leeway_s=config.leeway_s,
     )

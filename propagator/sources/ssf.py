@@ -202,12 +202,7 @@ def build(config: SSFConfig, *, http: aiohttp.ClientSession) -> SSFSource:
         name=config.name,
         issuer=config.issuer,
         audience=config.audience,
-        keys=JWKSCache(
-            http=http,
-            uri=config.jwks_uri,
-            max_age_s=config.jwks_max_age_s,
-            min_refresh_interval_s=config.jwks_min_refresh_interval_s,
-        ),
+        keys=JWKSCache.from_config(config, http=http),
         authorization=(
             config.authorization_header.get_secret_value() if config.authorization_header else None
         ),
