@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from consumers.config import dead_letter_topic, retry_topic
 from consumers.forwarding import H_DUE, H_LEVEL, H_REPLAYS
 from propagator.errors import map_kafka_errors
-from propagator.kafka import start_reader, topic_partitions
+from propagator.kafka import Sender, start_reader, topic_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class DeadLetterQueue:
 
     async def replay(
         self,
-        producer: AIOKafkaProducer,
+        producer: Sender,
         letters: Sequence[DeadLetter],
         *,
         progress: Callable[[int, int], None] = lambda done, total: None,

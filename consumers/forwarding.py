@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from propagator.errors import PropagatorError, SinkRejected, SinkUnavailable, map_kafka_errors
+from propagator.kafka import Sender
 
 H_PREFIX = "propagator-"
 H_LEVEL = "propagator-retry-level"
@@ -43,7 +43,7 @@ class Forwarder:
     def __init__(
         self,
         *,
-        producer: AIOKafkaProducer,
+        producer: Sender,
         route: Route,
         group_id: str,
         subscriber: str,

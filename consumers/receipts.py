@@ -8,6 +8,8 @@ subscriber in Redis for fast look-ups (``GET /admin/revocations/{event_id}``).
 
     {prefix}{event_id}   hash: "_event" → the canonical event (JSON);
                                {subscriber} → the latest receipt (JSON)
+    {prefix}.recent      sorted set (trailing ':' of the prefix dropped): the latest event ids
+                         scored by received-at in epoch ms, at most ``recent`` of them
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from consumers._wait import pause
-from propagator.errors import DependencyUnavailable, map_kafka_errors, map_redis_errors
+from propagator.errors import (
+    BrokerUnavailable,
+    DependencyUnavailable,
+    map_kafka_errors,
+    map_redis_errors,
+)
+from propagator.kafka import Sender
 from schemas import RevocationEvent
 
 _log = structlog.get_logger(__name__)
@@ -80,38 +89,75 @@ def receipt_for(
 
 
 class ReceiptWriter:
-    """Sends receipts as they are made and waits for all of them in ``flush``."""
+    """Sends receipts as they are made; ``flush`` returns once all of them are durable."""
 
-    def __init__(self, *, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, *, producer: Sender, topic: str) -> None:
         self._producer = producer
         self._topic = topic
-        self._pending: list[asyncio.Future[Any]] = []
+        # A receipt with no future (or a failed one) is sent again by the next flush.
+        self._pending: list[tuple[Receipt, asyncio.Future[Any] | None]] = []
 
     async def emit(self, receipt: Receipt) -> None:
+        try:
+            future = await self._send(receipt)
+        except DependencyUnavailable:
+            future = None
+        self._pending.append((receipt, future))
+
+    async def _send(self, receipt: Receipt) -> asyncio.Future[Any]:
         with map_kafka_errors():
-            future = await self._producer.send(
+            return await self._producer.send(
                 self._topic, value=receipt.to_bytes(), key=receipt.event_id.encode()
             )
-        self._pending.append(future)
 
     async def flush(self) -> None:
-        """Return once the broker acknowledged every receipt emitted so far."""
-        pending, self._pending = self._pending, []
-        if pending:
-            with map_kafka_errors():
-                await asyncio.gather(*pending)
+        """Wait for every receipt emitted so far; raise BrokerUnavailable if any is not durable
+        (it is kept and sent again by the next flush)."""
+        retry: list[tuple[Receipt, asyncio.Future[Any] | None]] = []
+        for receipt, future in self._pending:
+            if future is None:
+                try:
+                    future = await self._send(receipt)
+                except DependencyUnavailable:
+                    retry.append((receipt, None))
+                    continue
+            retry.append((receipt, future))
+        futures = [f for _, f in retry if f is not None]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        failed = {
+            id(f) for f, o in zip(futures, outcomes, strict=True) if isinstance(o, BaseException)
+        }
+        self._pending = [(r, None) for r, f in retry if f is None or id(f) in failed]
+        if self._pending:
+            raise BrokerUnavailable(f"{len(self._pending)} receipts are not durable yet")
 
 
 class ReceiptProjection:
     """The latest receipt per event and subscriber, in Redis hashes that expire."""
 
-    def __init__(self, *, redis: Redis, prefix: str, ttl_s: int) -> None:
+    def __init__(self, *, redis: Redis, prefix: str, ttl_s: int, recent: int = 0) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_s = ttl_s
+        # Outside the per-event key space: no event id can name it.
+        self._recent_key = f"{prefix.removesuffix(':')}.recent"
+        self._recent = recent
 
     def key(self, event_id: str) -> str:
         return f"{self._prefix}{event_id}"
+
+    def _index(self, pipe: Pipeline, event_id: str, received_at: object) -> None:
+        """Add the event to the latest-events index, keeping only the newest ``recent``."""
+        if isinstance(received_at, str):
+            try:
+                received_at = datetime.fromisoformat(received_at)
+            except ValueError:
+                return
+        if not self._recent or not isinstance(received_at, datetime):
+            return
+        pipe.zadd(self._recent_key, {event_id: int(received_at.timestamp() * 1000)})
+        pipe.zremrangebyrank(self._recent_key, 0, -self._recent - 1)
+        pipe.expire(self._recent_key, self._ttl_s)
 
     async def apply(self, receipts: Sequence[Receipt]) -> None:
         with map_redis_errors():
@@ -120,6 +166,7 @@ class ReceiptProjection:
                     key = self.key(receipt.event_id)
                     if receipt.event is not None:
                         pipe.hsetnx(key, EVENT_FIELD, json.dumps(receipt.event))
+                        self._index(pipe, receipt.event_id, receipt.event.get("received_at"))
                     summary = {k: v for k, v in asdict(receipt).items() if k != "event"}
                     pipe.hset(key, receipt.subscriber, json.dumps(summary))
                     pipe.expire(key, self._ttl_s)
@@ -132,7 +179,21 @@ class ReceiptProjection:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
                 pipe.expire(key, self._ttl_s)
+                self._index(pipe, event.event_id, event.received_at)
                 await pipe.execute()
+
+    async def latest(self, count: int) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
+        """The newest ``count`` indexed events, newest first, each with its latest receipts."""
+        with map_redis_errors():
+            raw_ids = await self._redis.zrevrange(self._recent_key, 0, count - 1)
+            ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw_ids]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in ids:
+                    pipe.hgetall(self.key(event_id))
+                hashes = await pipe.execute()
+        found = [_event_and_receipts(raw) for raw in hashes]
+        # An event whose hash expired since it was indexed is left out.
+        return [(event, receipts) for event, receipts in found if event is not None]
 
     async def lookup(
         self, event_id: str
@@ -140,11 +201,15 @@ class ReceiptProjection:
         """The event (if known) and the latest receipt per subscriber."""
         with map_redis_errors():
             raw = await self._redis.hgetall(self.key(event_id))
-        fields = {
-            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
-        }
-        event = fields.pop(EVENT_FIELD, None)
-        return event, fields
+        return _event_and_receipts(raw)
+
+
+def _event_and_receipts(
+    raw: dict[Any, Any],
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    fields = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+    event = fields.pop(EVENT_FIELD, None)
+    return event, fields
 
 
 async def run_projection(

@@ -204,8 +204,20 @@ class Delivery:
 
     async def flush(self) -> None:
         """Wait until every receipt of the records handled so far is durable."""
-        if self._receipts is not None:
-            await self._receipts.flush()
+        if self._receipts is None:
+            return
+        backoff = 0.2
+        while True:
+            try:
+                await self._receipts.flush()
+            except DependencyUnavailable as exc:
+                # The broker is away: the offsets must wait for their receipts.
+                _log.warning("receipts.retrying", subscriber=self.subscriber, error=exc.message)
+                if await pause(self._stop, backoff):
+                    raise Stopping from exc
+                backoff = min(backoff * 2, 5.0)
+            else:
+                return
 
     async def _apply(self, events: Sequence[RevocationEvent]) -> None:
         token = tracing.by_event.set(self._traces)

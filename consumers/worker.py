@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
@@ -32,8 +32,9 @@ from consumers.receipts import ReceiptProjection, ReceiptWriter, run_projection
 from consumers.runtime import ConsumerLoop, Delivery
 from consumers.sinks import Sink, build_sink
 from consumers.sinks.http import HttpSinkConfig, make_http_session
+from consumers.stats import StatsBoard, subscriber_snapshots
 from propagator.errors import DependencyUnavailable, PropagatorError, map_kafka_errors
-from propagator.kafka import TopicSpec, ensure_topics, make_consumer, make_producer
+from propagator.kafka import ProducerHandle, TopicSpec, ensure_topics, make_consumer, make_producer
 from propagator.settings import Settings
 
 _log = structlog.get_logger(__name__)
@@ -118,7 +119,7 @@ class Clients:
             }
         )
         self.http: aiohttp.ClientSession = make_http_session(allow)
-        self.producer: AIOKafkaProducer = make_producer(settings.kafka)
+        self.producer = ProducerHandle(lambda: make_producer(settings.kafka))
 
     def redis(self, url: str | None) -> Redis:
         url = url or self._settings.redis.url
@@ -213,8 +214,7 @@ async def run_worker(
     background: list[Awaitable[None]] = []
     metrics_runner: web.AppRunner | None = None
     try:
-        with map_kafka_errors():
-            await clients.producer.start()
+        await clients.producer.start()
         for config in selected:
             sub = _subscriber(settings, config, clients, stop, metrics)
             running.append(sub)
@@ -235,11 +235,18 @@ async def run_worker(
                 redis=clients.redis(None),
                 prefix=settings.receipts.projection_prefix,
                 ttl_s=settings.receipts.projection_ttl_s,
+                recent=settings.receipts.projection_recent,
             )
             background.append(
                 run_projection(consumer=projection_consumer, projection=projection, stop=stop)
             )
         background.append(_observe(settings, running, metrics, stop))
+        board = StatsBoard(
+            redis=clients.redis(None),
+            key=settings.dashboard.stats_key,
+            ttl_s=settings.dashboard.stats_max_age_s,
+        )
+        background.append(_publish_stats(board, settings, running, metrics, stop))
         if settings.worker.metrics_port:
             try:
                 metrics_runner = await serve_metrics(
@@ -323,6 +330,25 @@ async def _observe(
                 depth = await _dead_letter_depth(settings, name)
                 metrics.dead_letter_depth.labels(name).set(depth)
         await pause(stop, 10)
+
+
+async def _publish_stats(
+    board: StatsBoard,
+    settings: Settings,
+    running: Sequence[RunningSubscriber],
+    metrics: WorkerMetrics,
+    stop: asyncio.Event,
+) -> None:
+    """Every few seconds: this process's subscriber metrics for the dashboard (consumers/stats)."""
+    names = [sub.config.name for sub in running]
+    while not stop.is_set():
+        try:
+            await board.publish(subscriber_snapshots(metrics.registry, names))
+        except DependencyUnavailable as exc:
+            _log.warning("stats.unavailable", error=exc.message)
+        await pause(stop, settings.dashboard.stats_interval_s)
+    with contextlib.suppress(DependencyUnavailable):
+        await board.withdraw(names)
 
 
 async def _dead_letter_depth(settings: Settings, subscriber: str) -> int:

@@ -7,20 +7,23 @@
     GET  /admin/users/{user_id}/sessions       the user's session inventory and watermark
     GET  /admin/revocations/{event_id}         the event and, per subscriber, its status
 
-Registered only when at least one admin token is configured.
+Registered only when at least one admin token is configured. Besides the bearer token, a GET
+may carry the dashboard's login cookie (``AdminSessions``); changes always need the token, so
+a page elsewhere cannot make a logged-in browser replay or purge anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from consumers.config import SubscriberConfig
@@ -28,11 +31,12 @@ from consumers.dlq import DeadLetterQueue, Selector
 from consumers.receipts import ReceiptProjection
 from propagator.errors import MalformedPayload, RequestRejected, Unauthorized, map_redis_errors
 from propagator.inventory import SessionInventory
+from propagator.kafka import Sender
 from schemas import RevocationEvent
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 QUEUES: web.AppKey[Mapping[str, DeadLetterQueue]] = web.AppKey("dead_letter_queues")
-PRODUCER: web.AppKey[AIOKafkaProducer] = web.AppKey("admin_producer")
+PRODUCER: web.AppKey[Sender] = web.AppKey("admin_producer")
 ADMIN_INVENTORY: web.AppKey[SessionInventory] = web.AppKey("admin_inventory")
 ADMIN_REDIS: web.AppKey[Redis] = web.AppKey("admin_redis")
 WATERMARK_KEY: web.AppKey[str] = web.AppKey("user_watermark_key")
@@ -50,18 +54,62 @@ class UnknownSubscriber(RequestRejected):
     code = "unknown_subscriber"
 
 
+SESSION_COOKIE = "propagator_admin"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class AdminSessions:
+    """The dashboard's login cookie: ``{expiry}.{HMAC-SHA256(admin token, expiry)}``.
+
+    Keyed by the admin tokens themselves, with no server-side state: every ingest replica
+    accepts it, and removing a token from the configuration ends the sessions it opened.
+    """
+
+    def __init__(self, tokens: Sequence[str], *, ttl_s: int = 8 * 3600) -> None:
+        self._tokens = [t.encode() for t in tokens]
+        self.ttl_s = ttl_s
+
+    def token_valid(self, given: str) -> bool:
+        sent = given.strip().encode("utf-8", "replace")
+        # Compare against every token so the time taken says nothing about which matched.
+        matched = [hmac.compare_digest(sent, token) for token in self._tokens]
+        return any(matched)
+
+    def bearer_valid(self, authorization: str) -> bool:
+        scheme, _, sent = authorization.partition(" ")
+        return scheme.lower() == "bearer" and self.token_valid(sent)
+
+    def issue(self, token: str, *, now: float | None = None) -> str:
+        """A cookie value for a browser that proved it holds ``token`` (checked by the caller)."""
+        expiry = str(int((time.time() if now is None else now) + self.ttl_s))
+        return f"{expiry}.{_sign(token.strip().encode(), expiry)}"
+
+    def cookie_valid(self, value: str | None, *, now: float | None = None) -> bool:
+        expiry, _, signature = (value or "").partition(".")
+        if not expiry.isdigit() or int(expiry) <= (time.time() if now is None else now):
+            return False
+        matched = [hmac.compare_digest(signature, _sign(token, expiry)) for token in self._tokens]
+        return any(matched)
+
+
+def _sign(token: bytes, expiry: str) -> str:
+    return hmac.new(token, f"propagator-dashboard:{expiry}".encode(), hashlib.sha256).hexdigest()
+
+
 def bearer_auth(tokens: Sequence[str]) -> Middleware:
-    """Refuse /admin/ requests without one of the tokens (compared in constant time)."""
-    accepted = [t.encode() for t in tokens]
+    """Refuse /admin/ requests without one of the tokens (compared in constant time); a GET
+    may instead carry a valid dashboard login cookie."""
+    sessions = AdminSessions(tokens)
 
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         if request.path.startswith("/admin/"):
-            scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-            given = sent.strip().encode("utf-8", "replace")
-            # Compare against every token so the time taken says nothing about which matched.
-            matched = [hmac.compare_digest(given, token) for token in accepted]
-            if scheme.lower() != "bearer" or not any(matched):
+            by_cookie = request.method in _SAFE_METHODS and sessions.cookie_valid(
+                request.cookies.get(SESSION_COOKIE)
+            )
+            if not by_cookie and not sessions.bearer_valid(
+                request.headers.get("Authorization", "")
+            ):
                 raise Unauthorized("a valid admin bearer token is required")
         return await handler(request)
 
@@ -203,7 +251,7 @@ def register_admin(
     app: web.Application,
     *,
     queues: Mapping[str, DeadLetterQueue],
-    producer: AIOKafkaProducer,
+    producer: Sender,
     inventory: SessionInventory,
     redis: Redis,
     user_watermark_key: str,

@@ -11,10 +11,9 @@ import contextlib
 from typing import Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer
 
-from propagator.errors import DependencyUnavailable, PublishFailed, map_kafka_errors
-from propagator.kafka import TopicSpec, ensure_topics
+from propagator.errors import DependencyUnavailable, PublishFailed
+from propagator.kafka import ProducerHandle, TopicSpec, ensure_topics
 
 _log = structlog.get_logger(__name__)
 
@@ -38,7 +37,7 @@ class BrokerConnection:
     def __init__(
         self,
         *,
-        producer: AIOKafkaProducer,
+        producer: ProducerHandle,
         bootstrap_servers: str,
         topics: list[TopicSpec],
         max_backoff_s: float = 5.0,
@@ -68,8 +67,7 @@ class BrokerConnection:
         while True:
             try:
                 await ensure_topics(self._bootstrap_servers, self._topics)
-                with map_kafka_errors():
-                    await self._producer.start()
+                await self._producer.start()
             except (DependencyUnavailable, PublishFailed) as exc:
                 _log.warning("broker.connect_failed", error=str(exc), retry_in_s=backoff)
             else:
@@ -83,7 +81,7 @@ class BrokerConnection:
         """True when the producer is started and holds a live connection to a broker."""
         if not self.started:
             return False
-        client = self._producer.client
+        client = self._producer.current.client
         try:
             async with asyncio.timeout(self._probe_timeout_s):
                 for broker in client.cluster.brokers():

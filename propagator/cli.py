@@ -24,12 +24,14 @@ from redis.asyncio import Redis
 
 from consumers.dlq import DeadLetterQueue, Selector
 from consumers.receipts import ReceiptProjection
+from consumers.stats import StatsBoard
 from propagator.admin import register_admin
 from propagator.app import create_app
 from propagator.broker import BrokerConnection
+from propagator.dashboard import register_dashboard
 from propagator.dedupe import PublishOnce
 from propagator.inventory import SessionInventory
-from propagator.kafka import TopicSpec, make_producer
+from propagator.kafka import ProducerHandle, TopicSpec, make_producer
 from propagator.logs import configure_logging
 from propagator.metrics import IngestMetrics
 from propagator.publisher import KafkaPublisher
@@ -97,9 +99,10 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         redis=redis,
         prefix=settings.receipts.projection_prefix,
         ttl_s=settings.receipts.projection_ttl_s,
+        recent=settings.receipts.projection_recent,
     )
     kafka = settings.kafka
-    producer = make_producer(kafka)
+    producer = ProducerHandle(lambda: make_producer(kafka))
     metrics = IngestMetrics(CollectorRegistry())
     publisher = PublishOnce(
         publisher=KafkaPublisher(
@@ -134,6 +137,19 @@ async def build_ingest_app(settings: Settings) -> web.Application:
             inventory=inventory,
             redis=redis,
             user_watermark_key=f"{settings.denylist.key_prefix}user:{{user_id}}",
+            projection=projection,
+            subscribers=settings.effective_subscribers(),
+        )
+        register_dashboard(
+            app,
+            tokens=settings.admin.active_tokens(),
+            settings=settings.dashboard,
+            ingest_registry=metrics.registry,
+            board=StatsBoard(
+                redis=redis,
+                key=settings.dashboard.stats_key,
+                ttl_s=settings.dashboard.stats_max_age_s,
+            ),
             projection=projection,
             subscribers=settings.effective_subscribers(),
         )

@@ -14,6 +14,7 @@
     │   └── RateLimited                  429 rate_limited (with Retry-After)
     ├── DependencyUnavailable            retriable = True: try again later
     │   ├── BrokerUnavailable            503 broker_unavailable (ingest adds Retry-After)
+    │   │   └── ProducerStateLost        the producer's idempotence state is gone: replace it
     │   ├── KeysUnavailable              503 keys_unavailable: an issuer's JWKS cannot be fetched
     │   └── SinkUnavailable              a downstream failed this time (5xx, 429, timeout)
     │       └── SinkDown                 the downstream as a whole is unreachable: open the circuit
@@ -117,6 +118,10 @@ class KeysUnavailable(DependencyUnavailable):
     code = "keys_unavailable"
 
 
+class ProducerStateLost(BrokerUnavailable):
+    code = "broker_unavailable"
+
+
 class SinkUnavailable(DependencyUnavailable):
     code = "sink_unavailable"
 
@@ -177,6 +182,15 @@ def map_kafka_errors() -> Iterator[None]:
         raise
     except TimeoutError as exc:  # asyncio.timeout() and aiokafka's own timeouts
         raise BrokerUnavailable(f"the broker did not acknowledge in time: {exc}") from exc
+    except (
+        kafka_errors.OutOfOrderSequenceNumber,
+        kafka_errors.InvalidProducerEpoch,
+        kafka_errors.ProducerFenced,
+        kafka_errors.InvalidProducerIdMapping,
+    ) as exc:
+        # After a broker restart or a long outage the producer's idempotence state no longer
+        # matches the broker's: nothing was written, and only a new producer recovers.
+        raise ProducerStateLost(f"{type(exc).__name__}: {exc}") from exc
     except kafka_errors.KafkaError as exc:
         if exc.retriable or isinstance(
             exc,

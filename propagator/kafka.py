@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from propagator.errors import PublishFailed, map_kafka_errors
+from propagator.errors import ProducerStateLost, PublishFailed, map_kafka_errors
 from propagator.settings import KafkaSettings, WorkerSettings
+
+_log = structlog.get_logger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -50,6 +56,80 @@ def make_consumer(
         max_poll_records=worker.max_batch,
         request_timeout_ms=kafka.request_timeout_ms + 30_000,
     )
+
+
+class Sender(Protocol):
+    """What writes to Kafka: a producer, or the handle that replaces it when it breaks."""
+
+    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]: ...
+
+    async def send_and_wait(self, topic: str, **kwargs: Any) -> Any: ...
+
+
+class ProducerHandle:
+    """The process's one producer, replaced by a fresh one when its idempotence state is lost.
+
+    Everything that writes to Kafka goes through ``send``/``send_and_wait`` here, so that a
+    replacement is seen by all of them.
+    """
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self._producer = factory()
+        self._started = False
+        self._lock = asyncio.Lock()
+        self.replacements = 0
+
+    @property
+    def current(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def start(self) -> None:
+        async with self._lock:
+            if not self._started:
+                with map_kafka_errors():
+                    await self._producer.start()
+                self._started = True
+
+    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        await self.start()
+        with self._replacing_on_lost_state():
+            future: asyncio.Future[Any] = await self._producer.send(topic, **kwargs)
+        return future
+
+    async def send_and_wait(self, topic: str, **kwargs: Any) -> Any:
+        await self.start()
+        with self._replacing_on_lost_state():
+            return await self._producer.send_and_wait(topic, **kwargs)
+
+    @contextmanager
+    def _replacing_on_lost_state(self) -> Iterator[None]:
+        try:
+            with map_kafka_errors():
+                yield
+        except ProducerStateLost:
+            self._replace()
+            raise
+
+    def _replace(self) -> None:
+        old, self._producer, self._started = self._producer, self._factory(), False
+        self.replacements += 1
+        _log.warning("producer.replaced", replacements=self.replacements)
+        task = asyncio.get_running_loop().create_task(_stop_quietly(old))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(10):
+            await producer.stop()
 
 
 async def ensure_topics(bootstrap_servers: str, topics: Iterable[TopicSpec]) -> None:

@@ -6,10 +6,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiokafka import AIOKafkaProducer
-
 from propagator import tracing
 from propagator.errors import map_kafka_errors
+from propagator.kafka import Sender
 from schemas import SCHEMA_VERSION, RevocationEvent
 
 
@@ -29,7 +28,7 @@ class Publisher(Protocol):
 class KafkaPublisher:
     """Writes one event per record, keyed so that one user's events share a partition."""
 
-    def __init__(self, *, producer: AIOKafkaProducer, topic: str, timeout_s: float) -> None:
+    def __init__(self, *, producer: Sender, topic: str, timeout_s: float) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self._producer = producer

@@ -147,6 +147,8 @@ class ReceiptSettings(_Section):
     # The look-up projection of the latest state per event, in Redis.
     projection_prefix: str = "propagator:receipts:"
     projection_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    # The projection also indexes this many latest events (by received-at) for the dashboard.
+    projection_recent: int = Field(default=200, ge=0)
 
 
 class AdminSettings(_Section):
@@ -157,6 +159,20 @@ class AdminSettings(_Section):
 
     def active_tokens(self) -> list[str]:
         return read_secrets(self.tokens, self.token_file)
+
+
+class DashboardSettings(_Section):
+    """The live dashboard (GET /dashboard, served with the admin API) and the worker stats it
+    reads: each worker process writes its subscribers' counters to one Redis hash."""
+
+    stats_key: str = "propagator:dashboard:subscribers"
+    stats_interval_s: float = Field(default=2.0, gt=0)
+    # A worker process not heard from for this long is left out (it stopped or hangs).
+    stats_max_age_s: float = Field(default=60.0, gt=0)
+    # How long the login cookie lasts; the browser polls every poll_interval_s.
+    session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    latest: int = Field(default=25, ge=1, le=200)
 
 
 class LogSettings(_Section):
@@ -185,6 +201,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     receipts: ReceiptSettings = ReceiptSettings()
     admin: AdminSettings = AdminSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")

@@ -1,0 +1,95 @@
+"""Recovering from a broker that lost the producer's state, and receipts that must not be lost."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
+
+from consumers.receipts import Receipt, ReceiptWriter
+from propagator.errors import BrokerUnavailable, ProducerStateLost
+from propagator.kafka import ProducerHandle
+
+
+@dataclass
+class FakeProducer:
+    fail: list[Exception] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)
+    started: bool = False
+    stopped: bool = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send_and_wait(self, topic: str, **kwargs: Any) -> str:
+        if self.fail:
+            raise self.fail.pop(0)
+        self.sent.append(kwargs["value"])
+        return "ack"
+
+    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(self.fail.pop(0))
+        else:
+            self.sent.append(kwargs["value"])
+            future.set_result("ack")
+        return future
+
+
+class TestProducerHandle:
+    async def test_lost_sequence_state_replaces_the_producer(self) -> None:
+        """OutOfOrderSequenceNumber: a 503 now, a fresh producer for the provider's retry."""
+        made = [FakeProducer(fail=[OutOfOrderSequenceNumber()]), FakeProducer()]
+        handle = ProducerHandle(lambda: made.pop(0))  # type: ignore[arg-type,return-value]
+        first = handle.current
+        with pytest.raises(ProducerStateLost):
+            await handle.send_and_wait("t", value=b"1")
+        assert 1 == handle.replacements
+        assert "ack" == await handle.send_and_wait("t", value=b"1")
+        assert handle.current is not first
+        assert handle.current.started  # type: ignore[attr-defined]
+        await asyncio.sleep(0)  # the old producer is stopped in the background
+        assert first.stopped  # type: ignore[attr-defined]
+
+    async def test_connection_errors_do_not_replace_it(self) -> None:
+        """A broker that is merely down is retried by the caller with the same producer."""
+        handle = ProducerHandle(lambda: FakeProducer(fail=[KafkaConnectionError()]))  # type: ignore[arg-type,return-value]
+        with pytest.raises(BrokerUnavailable):
+            await handle.send_and_wait("t", value=b"1")
+        assert 0 == handle.replacements
+
+
+def receipt(n: int) -> Receipt:
+    return Receipt(
+        event_id=f"e{n}",
+        subscriber="s",
+        outcome="applied",
+        at="now",
+        attempts=1,
+        latency_s=0.1,
+        error=None,
+        http_status=None,
+        event=None,
+    )
+
+
+class TestReceiptWriter:
+    async def test_a_failed_receipt_is_sent_again_by_the_next_flush(self) -> None:
+        """Flush raises while a receipt is not durable, and keeps it for the next flush."""
+        producer = FakeProducer(fail=[KafkaConnectionError()])
+        writer = ReceiptWriter(producer=producer, topic="receipts")  # type: ignore[arg-type]
+        await writer.emit(receipt(1))
+        await writer.emit(receipt(2))
+        with pytest.raises(BrokerUnavailable):
+            await writer.flush()
+        await writer.flush()
+        assert [b"e1", b"e2"] == sorted(
+            Receipt.from_bytes(v).event_id.encode() for v in producer.sent
+        )
