@@ -173,6 +173,16 @@ _TRANSIENT_REDIS_REPLIES = (
 )
 
 
+# The broker no longer matches the idempotent producer's sequence state (after a broker restart
+# or a long outage): nothing was written, and only a new producer recovers.
+PRODUCER_STATE_LOST = (
+    kafka_errors.OutOfOrderSequenceNumber,
+    kafka_errors.InvalidProducerEpoch,
+    kafka_errors.ProducerFenced,
+    kafka_errors.InvalidProducerIdMapping,
+)
+
+
 @contextmanager
 def map_kafka_errors() -> Iterator[None]:
     """Translate aiokafka's errors (and timeouts) into the hierarchy."""
@@ -182,14 +192,7 @@ def map_kafka_errors() -> Iterator[None]:
         raise
     except TimeoutError as exc:  # asyncio.timeout() and aiokafka's own timeouts
         raise BrokerUnavailable(f"the broker did not acknowledge in time: {exc}") from exc
-    except (
-        kafka_errors.OutOfOrderSequenceNumber,
-        kafka_errors.InvalidProducerEpoch,
-        kafka_errors.ProducerFenced,
-        kafka_errors.InvalidProducerIdMapping,
-    ) as exc:
-        # After a broker restart or a long outage the producer's idempotence state no longer
-        # matches the broker's: nothing was written, and only a new producer recovers.
+    except PRODUCER_STATE_LOST as exc:
         raise ProducerStateLost(f"{type(exc).__name__}: {exc}") from exc
     except kafka_errors.KafkaError as exc:
         if exc.retriable or isinstance(

@@ -13,7 +13,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from propagator.errors import ProducerStateLost, PublishFailed, map_kafka_errors
+from propagator.errors import (
+    PRODUCER_STATE_LOST,
+    ProducerStateLost,
+    PublishFailed,
+    map_kafka_errors,
+)
 from propagator.settings import KafkaSettings, WorkerSettings
 
 _log = structlog.get_logger(__name__)
@@ -93,25 +98,36 @@ class ProducerHandle:
 
     async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
         await self.start()
-        with self._replacing_on_lost_state():
-            future: asyncio.Future[Any] = await self._producer.send(topic, **kwargs)
+        producer = self._producer
+        with self._replacing_on_lost_state(producer):
+            future: asyncio.Future[Any] = await producer.send(topic, **kwargs)
+
+        def _check(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and isinstance(done.exception(), PRODUCER_STATE_LOST):
+                self._replace(producer)
+
+        future.add_done_callback(_check)
         return future
 
     async def send_and_wait(self, topic: str, **kwargs: Any) -> Any:
         await self.start()
-        with self._replacing_on_lost_state():
-            return await self._producer.send_and_wait(topic, **kwargs)
+        producer = self._producer
+        with self._replacing_on_lost_state(producer):
+            return await producer.send_and_wait(topic, **kwargs)
 
     @contextmanager
-    def _replacing_on_lost_state(self) -> Iterator[None]:
+    def _replacing_on_lost_state(self, producer: AIOKafkaProducer) -> Iterator[None]:
         try:
             with map_kafka_errors():
                 yield
         except ProducerStateLost:
-            self._replace()
+            self._replace(producer)
             raise
 
-    def _replace(self) -> None:
+    def _replace(self, broken: AIOKafkaProducer) -> None:
+        # Requests in flight on the broken producer fail one after another: replace it once.
+        if broken is not self._producer:
+            return
         old, self._producer, self._started = self._producer, self._factory(), False
         self.replacements += 1
         _log.warning("producer.replaced", replacements=self.replacements)

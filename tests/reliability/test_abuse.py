@@ -614,18 +614,19 @@ class TestFuzzing:
         parameters["Subscriber"]["schema"] = {"type": "string", "enum": ["redis-denylist", "nope"]}
         document = tmp_path / "openapi.yaml"
         document.write_text(yaml.safe_dump(spec))
+        # schemathesis 4.32.5's coverage phase crashes on CPython 3.11 ("SystemError: AST
+        # constructor recursion depth mismatch" inside hypothesis): a tool bug, so every run
+        # uses the examples and fuzzing phases only.
+        phases = ["--phases", "examples,fuzzing"]
         runs = {
-            "public": ["--exclude-tag", "admin"],
-            "admin, no token": ["--include-tag", "admin"],
+            "public": ["--exclude-tag", "admin", *phases],
+            "admin, no token": ["--include-tag", "admin", *phases],
             "admin, token": [
                 "--include-tag",
                 "admin",
                 "-H",
                 f"Authorization: Bearer {ADMIN_TOKEN}",
-                # schemathesis 4.32.5's coverage phase crashed here on CPython 3.11 with
-                # "SystemError: AST constructor recursion depth mismatch": a tool bug.
-                "--phases",
-                "examples,fuzzing",
+                *phases,
             ],
         }
         started = time.monotonic()

@@ -93,3 +93,24 @@ class TestReceiptWriter:
         assert [b"e1", b"e2"] == sorted(
             Receipt.from_bytes(v).event_id.encode() for v in producer.sent
         )
+
+
+class TestReplacementOnFutures:
+    async def test_a_failed_future_replaces_the_producer(self) -> None:
+        """Lost state reported by a send's future (not the call) still replaces the producer."""
+        made = [FakeProducer(fail=[OutOfOrderSequenceNumber()]), FakeProducer()]
+        handle = ProducerHandle(lambda: made.pop(0))  # type: ignore[arg-type,return-value]
+        future = await handle.send("t", value=b"1")
+        with pytest.raises(OutOfOrderSequenceNumber):
+            await future
+        await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
+        assert 1 == handle.replacements
+        assert "ack" == await (await handle.send("t", value=b"2"))
+
+    async def test_failures_of_one_broken_producer_replace_it_once(self) -> None:
+        """Several in-flight failures of the same producer do not replace the fresh one."""
+        made = [FakeProducer(fail=[OutOfOrderSequenceNumber()] * 3), FakeProducer(), FakeProducer()]
+        handle = ProducerHandle(lambda: made.pop(0))  # type: ignore[arg-type,return-value]
+        futures = [await handle.send("t", value=b"x") for _ in range(3)]
+        await asyncio.gather(*futures, return_exceptions=True)
+        assert 1 == handle.replacements
