@@ -172,14 +172,18 @@ class ReceiptProjection:
                     pipe.expire(key, self._ttl_s)
                 await pipe.execute()
 
+    def queue_event(self, pipe: Pipeline, event: RevocationEvent) -> None:
+        """Queue on ``pipe`` ingest's note that an event was published (it shows as pending)."""
+        key = self.key(event.event_id)
+        pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
+        pipe.expire(key, self._ttl_s)
+        self._index(pipe, event.event_id, event.received_at)
+
     async def record_event(self, event: RevocationEvent) -> None:
         """Ingest's note that an event was published, so it shows as pending at once."""
-        key = self.key(event.event_id)
         with map_redis_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
-                pipe.expire(key, self._ttl_s)
-                self._index(pipe, event.event_id, event.received_at)
+                self.queue_event(pipe, event)
                 await pipe.execute()
 
     async def latest(self, count: int) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:

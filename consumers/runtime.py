@@ -75,11 +75,11 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, PropagatorError) and exc.retriable
 
 
-def _maybe(record: Record) -> list[RevocationEvent]:
-    try:
-        return [_decode(record)]
-    except InvalidRecord:
-        return []
+def _header(record: Record, name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return str(value.decode("ascii", "replace"))
+    return None
 
 
 def _decode(record: Record) -> RevocationEvent:
@@ -123,18 +123,16 @@ class Delivery:
         """Return once every record is applied, forwarded or dead-lettered; else raise
         CircuitOpen (hold them) or Stopping (abandon them)."""
         wanted: list[tuple[Record, RevocationEvent]] = []
-        self._traces = {
-            e.event_id: t
-            for r in records
-            if (t := headers_of(r).get(tracing.HEADER)) and tracing.valid(t)
-            for e in _maybe(r)
-        }
+        self._traces = {}
         for record in records:
             try:
                 event = _decode(record)
             except InvalidRecord as exc:
                 await self._forward(record, exc, attempts=1)
                 continue
+            traceparent = _header(record, tracing.HEADER)
+            if traceparent is not None and tracing.valid(traceparent):
+                self._traces[event.event_id] = traceparent
             if self._filter.matches(event):
                 wanted.append((record, event))
             else:

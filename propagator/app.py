@@ -25,7 +25,6 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
 
-from consumers.receipts import ReceiptProjection
 from propagator import tracing
 from propagator.admin import bearer_auth
 from propagator.broker import Connection
@@ -54,7 +53,6 @@ BROKER: web.AppKey[Connection] = web.AppKey("broker")
 METRICS: web.AppKey[IngestMetrics] = web.AppKey("metrics")
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("ingest_settings")
 INVENTORY: web.AppKey[SessionInventory | None] = web.AppKey("inventory")
-PROJECTION: web.AppKey[ReceiptProjection | None] = web.AppKey("projection")
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The whole body must arrive within this; headers are bounded by the server's keep-alive timeout.
@@ -186,13 +184,6 @@ async def _publish(request: web.Request, outcome: Outcome) -> Result:
             raise BrokerUnavailable("not connected to the broker yet")
         started = time.perf_counter()
         status = await request.app[PUBLISHER].publish(outcome)
-        projection = request.app[PROJECTION]
-        if status == "published" and projection is not None:
-            try:
-                await projection.record_event(outcome)
-            except DependencyUnavailable as exc:
-                # The event is durable in Kafka; only the early "pending" view is missing.
-                _log.warning("projection.unavailable", error=exc.message)
         if status == "duplicate":
             metrics.duplicates.labels(source).inc()
         else:
@@ -258,7 +249,6 @@ def create_app(
     metrics: IngestMetrics,
     admin_tokens: Sequence[str] = (),
     inventory: SessionInventory | None = None,
-    projection: ReceiptProjection | None = None,
 ) -> web.Application:
     """The ingest application; every I/O client is passed in and owned by the caller."""
     middlewares: list[Middleware] = [_errors]
@@ -272,7 +262,6 @@ def create_app(
     app[METRICS] = metrics
     app[SETTINGS] = settings
     app[INVENTORY] = inventory
-    app[PROJECTION] = projection
     app.router.add_post("/webhooks/{name}", receive_webhook)
     app.router.add_get("/webhooks/{name}", webhook_challenge)
     app.router.add_get("/healthz", healthz)

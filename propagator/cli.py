@@ -113,6 +113,7 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         ttl_s=settings.ingest.dedupe_ttl_s,
         wait_for_other_s=kafka.publish_timeout_s,
         on_degraded=metrics.dedupe_degraded.inc,
+        also_on_publish=projection.queue_event if settings.receipts.enabled else None,
     )
     app = create_app(
         settings=settings.ingest,
@@ -127,7 +128,6 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         metrics=metrics,
         admin_tokens=settings.admin.active_tokens(),
         inventory=inventory if settings.inventory.enabled else None,
-        projection=projection if settings.receipts.enabled else None,
     )
     if settings.admin.active_tokens():
         register_admin(

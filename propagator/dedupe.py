@@ -16,6 +16,7 @@ from typing import Literal
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from propagator.errors import BrokerUnavailable
@@ -43,6 +44,7 @@ class PublishOnce:
         claim_ttl_s: int = 30,
         wait_for_other_s: float = 4.0,
         on_degraded: Callable[[], None] = lambda: None,
+        also_on_publish: Callable[[Pipeline, RevocationEvent], None] | None = None,
     ) -> None:
         if ttl_s <= 0 or claim_ttl_s <= 0:
             raise ValueError("TTLs must be positive")
@@ -53,6 +55,8 @@ class PublishOnce:
         self._claim_ttl_s = claim_ttl_s
         self._wait_for_other_s = wait_for_other_s
         self._on_degraded = on_degraded
+        # Further writes for a published event, sent in the same round trip as "done".
+        self._also_on_publish = also_on_publish
         self._inflight: dict[str, asyncio.Task[Published]] = {}
 
     async def publish(self, event: RevocationEvent) -> Published:
@@ -86,8 +90,16 @@ class PublishOnce:
             # Free the claim so the provider's retry is published instead of refused.
             await self._quietly(self._redis.delete(key))
             raise
-        await self._quietly(self._redis.set(key, _DONE, ex=self._ttl_s))
+        await self._quietly(self._mark_done(key, event))
         return "published"
+
+    async def _mark_done(self, key: str, event: RevocationEvent) -> None:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, _DONE, ex=self._ttl_s)
+            if self._also_on_publish is not None:
+                self._also_on_publish(pipe, event)
+            await pipe.execute()
 
     async def _wait_for_other(self, key: str) -> Published:
         assert self._redis is not None

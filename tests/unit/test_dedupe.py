@@ -69,6 +69,30 @@ class FakeRedis:
         self._check()
         return 1 if self.data.pop(key, None) is not None else 0
 
+    def pipeline(self, transaction: bool = False) -> FakePipeline:
+        return FakePipeline(self)
+
+
+@dataclass
+class FakePipeline:
+    redis: FakeRedis
+    queued: list[tuple[str, bytes]] = field(default_factory=list)
+    executions: int = 0
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def set(self, key: str, value: bytes, ex: int | None = None) -> None:
+        self.queued.append((key, value))
+
+    async def execute(self) -> None:
+        self.redis._check()
+        self.redis.data.update(self.queued)
+        self.executions += 1
+
 
 async def all_started(tasks: list[asyncio.Task[object]]) -> None:
     # One turn of the loop runs every task up to its first real wait.
@@ -152,3 +176,19 @@ class TestRedisClaim:
         assert "published" == await once.publish(event())
         assert ["event_1"] == publisher.published
         assert [1] == degraded
+
+
+async def test_extra_writes_share_the_done_round_trip() -> None:
+    """Whatever else must be written on publish goes in the same pipeline as "done"."""
+    publisher, redis = GatedPublisher(), FakeRedis()
+    publisher.gate.set()
+    extra: list[str] = []
+
+    def also(pipe: object, ev: RevocationEvent) -> None:
+        pipe.set(f"projection:{ev.event_id}", b"pending")  # type: ignore[attr-defined]
+        extra.append(ev.event_id)
+
+    once = PublishOnce(publisher=publisher, redis=redis, key_prefix="d:", also_on_publish=also)  # type: ignore[arg-type]
+    assert "published" == await once.publish(event())
+    assert ["event_1"] == extra
+    assert {"d:workos:event_1": b"done", "projection:event_1": b"pending"} == redis.data
