@@ -56,7 +56,19 @@ class Receipt:
     event: dict[str, Any] | None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Built by hand: dataclasses.asdict deep-copies, and this runs once per record.
+        fields = {
+            "event_id": self.event_id,
+            "subscriber": self.subscriber,
+            "outcome": self.outcome,
+            "at": self.at,
+            "attempts": self.attempts,
+            "latency_s": self.latency_s,
+            "error": self.error,
+            "http_status": self.http_status,
+            "event": self.event,
+        }
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Receipt:

@@ -358,26 +358,35 @@ class ConsumerLoop:
                 batches = await self._consumer.getmany(
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
                 )
-                for tp, records in batches.items():
-                    if self._stop.is_set():
-                        break
-                    await self._partition(tp, records)
+                handled: dict[TopicPartition, Record] = {}
+                try:
+                    for tp, records in batches.items():
+                        if self._stop.is_set():
+                            break
+                        last = await self._partition(tp, records)
+                        if last is not None:
+                            handled[tp] = last
+                finally:
+                    # One receipts flush and one commit per poll, for every partition handled:
+                    # what was applied before a shutdown is committed too.
+                    if handled:
+                        await self._delivery.flush()
+                        await self._commit(handled)
         except Stopping:
             _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
         finally:
             for handle in self._resume_at.values():
                 handle.cancel()
 
-    async def _partition(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+    async def _partition(self, tp: TopicPartition, records: Sequence[Record]) -> Record | None:
+        """Deliver a partition's records; return the last one handled (None: none was due)."""
         due = records
         if self._delayed:
             due = self._due_prefix(tp, records)
             if not due:
-                return
+                return None
         await self._with_circuit(tp, due)
-        await self._delivery.flush()
-        await self._commit(tp, due[-1].offset + 1)
-        self.last_committed_ts_ms[tp] = due[-1].timestamp
+        return due[-1]
 
     def _due_prefix(self, tp: TopicPartition, records: Sequence[Record]) -> Sequence[Record]:
         now_ms = time.time() * 1000
@@ -423,10 +432,13 @@ class ConsumerLoop:
                 ]
                 self._consumer.resume(*resumable)
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, handled: dict[TopicPartition, Record]) -> None:
         try:
-            await self._consumer.commit({tp: offset})
+            await self._consumer.commit({tp: last.offset + 1 for tp, last in handled.items()})
         except KafkaError as exc:
-            # The partition moved to another member; it resumes from the last commit, and
-            # the sink's idempotence absorbs the repeat.
-            _log.warning("worker.commit_failed", partition=tp.partition, error=str(exc))
+            # A partition moved to another member; it resumes from the last commit, and the
+            # sink's idempotence absorbs the repeat.
+            _log.warning("worker.commit_failed", error=str(exc))
+            return
+        for tp, last in handled.items():
+            self.last_committed_ts_ms[tp] = last.timestamp
