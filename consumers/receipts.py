@@ -191,13 +191,6 @@ class ReceiptProjection:
         pipe.expire(key, self._ttl_s)
         self._index(pipe, event.event_id, event.received_at)
 
-    async def record_event(self, event: RevocationEvent) -> None:
-        """Ingest's note that an event was published, so it shows as pending at once."""
-        with map_redis_errors():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                self.queue_event(pipe, event)
-                await pipe.execute()
-
     async def latest(self, count: int) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
         """The newest ``count`` indexed events, newest first, each with its latest receipts."""
         with map_redis_errors():

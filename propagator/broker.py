@@ -55,9 +55,6 @@ class BrokerConnection:
     def started(self) -> bool:
         return self._started.is_set()
 
-    async def wait_started(self) -> None:
-        await self._started.wait()
-
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._connect(), name="broker-connect")

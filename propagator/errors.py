@@ -10,7 +10,6 @@
     │   ├── TokenInvalid                 400 invalid_token (or a more precise code: invalid_issuer,
     │   │                                    invalid_audience, token_expired, unknown_key, ...)
     │   ├── Unauthorized                 401 unauthorized (a shared Authorization value is wrong)
-    │   ├── UnsupportedMediaType         415 unsupported_media_type
     │   └── RateLimited                  429 rate_limited (with Retry-After)
     ├── DependencyUnavailable            retriable = True: try again later
     │   ├── BrokerUnavailable            503 broker_unavailable (ingest adds Retry-After)
@@ -88,11 +87,6 @@ class TokenInvalid(RequestRejected):
 class Unauthorized(RequestRejected):
     status = 401
     code = "unauthorized"
-
-
-class UnsupportedMediaType(RequestRejected):
-    status = 415
-    code = "unsupported_media_type"
 
 
 class RateLimited(RequestRejected):

@@ -36,6 +36,13 @@ DEFAULT_ALGORITHMS = (
 )
 
 
+def allow_list(algorithms: Sequence[str]) -> tuple[str, ...]:
+    """The algorithms a token may use; 'none' is refused at start-up, never at run time."""
+    if any(a.lower() == "none" for a in algorithms):
+        raise ValueError("'none' can never be an allowed algorithm")
+    return tuple(algorithms)
+
+
 class JWKSConfig(Protocol):
     @property
     def jwks_uri(self) -> str: ...

@@ -27,7 +27,7 @@ from propagator.errors import (
     TokenInvalid,
 )
 from propagator.sources._base import Delivery, Outcome, Reply, Result, WebhookSource
-from propagator.sources._jwt import DEFAULT_ALGORITHMS, JWKSCache, verify_token
+from propagator.sources._jwt import DEFAULT_ALGORITHMS, JWKSCache, allow_list, verify_token
 from propagator.sources._mapping import summarise
 from schemas import RevocationEvent, RevocationScope
 
@@ -63,13 +63,11 @@ class OIDCBackchannelSource(WebhookSource):
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway_s: float = 60.0,
     ) -> None:
-        if any(a.lower() == "none" for a in algorithms):
-            raise ValueError("'none' can never be an allowed algorithm")
         self._name = name
         self._issuer = issuer
         self._audience = audience
         self._keys = keys
-        self._algorithms = tuple(algorithms)
+        self._algorithms = allow_list(algorithms)
         self._leeway_s = leeway_s
 
     @property
@@ -141,7 +139,7 @@ class OIDCBackchannelSource(WebhookSource):
         # §2.8: every failed validation is a 400; transport limits keep their own status.
         status = (
             400
-            if isinstance(error, RequestRejected) and error.status in (400, 401, 415)
+            if isinstance(error, RequestRejected) and error.status in (400, 401)
             else error.status
         )
         return Reply(status, body, _NO_STORE)

@@ -27,7 +27,7 @@ from propagator.errors import (
     Unauthorized,
 )
 from propagator.sources._base import Delivery, Ignored, Outcome, Reply, Result, WebhookSource
-from propagator.sources._jwt import DEFAULT_ALGORITHMS, JWKSCache, verify_token
+from propagator.sources._jwt import DEFAULT_ALGORITHMS, JWKSCache, allow_list, verify_token
 from propagator.sources._mapping import as_datetime, summarise
 from schemas import RevocationEvent, RevocationScope
 
@@ -116,14 +116,12 @@ class SSFSource(WebhookSource):
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway_s: float = 60.0,
     ) -> None:
-        if any(a.lower() == "none" for a in algorithms):
-            raise ValueError("'none' can never be an allowed algorithm")
         self._name = name
         self._issuer = issuer
         self._audience = audience
         self._keys = keys
         self._authorization = authorization.encode() if authorization else None
-        self._algorithms = tuple(algorithms)
+        self._algorithms = allow_list(algorithms)
         self._leeway_s = leeway_s
 
     @property
@@ -192,7 +190,7 @@ class SSFSource(WebhookSource):
     def reply_error(self, error: PropagatorError) -> Reply:
         err = _SET_ERRORS.get(error.code, "invalid_request")
         body = {"err": err, "description": error.message}
-        if isinstance(error, RequestRejected) and error.status in (400, 415):
+        if isinstance(error, RequestRejected) and error.status == 400:
             return Reply(400, body)
         return Reply(error.status, body)
 

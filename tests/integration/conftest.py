@@ -6,13 +6,11 @@ fresh topic, consumer group and Redis key prefix, so tests never see each other'
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import socket
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from propagator.settings import (
     WorkerSettings,
     WorkOSSettings,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,20 +100,6 @@ def settings(topic: str, unique: str, redis: Redis) -> Settings:
         receipts=ReceiptSettings(projection_prefix=f"test:{unique}:receipts:"),
         log=LogSettings(format="json"),
     )
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[Any]], *, timeout: float = 30.0, interval: float = 0.05
-) -> Any:
-    """Poll until ``condition`` returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def record_count(topic: str) -> int:

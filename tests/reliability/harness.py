@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
 from propagator.sample import sample_session_revoked, signed_headers
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_BOOTSTRAP = os.environ.get("TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
@@ -57,20 +58,6 @@ def free_port(pair: bool = False) -> int:
                 continue
             return port
     raise RuntimeError("no free port pair")
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[Any]], *, timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Poll until ``condition`` returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 # --- processes -------------------------------------------------------------------------------
