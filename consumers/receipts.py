@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
+from pydantic_core import from_json, to_json
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -56,8 +57,15 @@ class Receipt:
     event: dict[str, Any] | None
 
     def to_bytes(self) -> bytes:
+        return to_json({**self._summary(), "event": self.event})
+
+    def summary_json(self) -> str:
+        """The receipt without its event, as the projection stores it per subscriber."""
+        return to_json(self._summary()).decode()
+
+    def _summary(self) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies, and this runs once per record.
-        fields = {
+        return {
             "event_id": self.event_id,
             "subscriber": self.subscriber,
             "outcome": self.outcome,
@@ -66,13 +74,11 @@ class Receipt:
             "latency_s": self.latency_s,
             "error": self.error,
             "http_status": self.http_status,
-            "event": self.event,
         }
-        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Receipt:
-        return cls(**json.loads(raw))
+        return cls(**from_json(raw))
 
 
 def receipt_for(
@@ -116,6 +122,10 @@ class ReceiptWriter:
             future = None
         self._pending.append((receipt, future))
 
+    async def emit_many(self, receipts: Sequence[Receipt]) -> None:
+        for receipt in receipts:
+            await self.emit(receipt)
+
     async def _send(self, receipt: Receipt) -> asyncio.Future[Any]:
         with map_kafka_errors():
             return await self._producer.send(
@@ -144,6 +154,44 @@ class ReceiptWriter:
             raise BrokerUnavailable(f"{len(self._pending)} receipts are not durable yet")
 
 
+def _score(received_at: object) -> int | None:
+    """The latest-events index's score: received-at in epoch milliseconds."""
+    if isinstance(received_at, str):
+        try:
+            received_at = datetime.fromisoformat(received_at)
+        except ValueError:
+            return None
+    if not isinstance(received_at, datetime):
+        return None
+    return int(received_at.timestamp() * 1000)
+
+
+# KEYS[1] is the latest-events index, KEYS[1 + i] receipt i's hash. ARGV: the TTL, the index's
+# size, and the receipts as one JSON array of [event id, event JSON ('' when unknown),
+# subscriber, receipt summary JSON, index score ('' when not indexed)].
+_FOLD = """
+local ttl, recent = ARGV[1], tonumber(ARGV[2])
+local indexed = false
+for i, entry in ipairs(cjson.decode(ARGV[3])) do
+  local key = KEYS[i + 1]
+  local event_id, event, subscriber, summary, score =
+    entry[1], entry[2], entry[3], entry[4], entry[5]
+  if event ~= '' then redis.call('HSETNX', key, 'EVENT_FIELD', event) end
+  redis.call('HSET', key, subscriber, summary)
+  redis.call('EXPIRE', key, ttl)
+  if recent > 0 and score ~= '' then
+    redis.call('ZADD', KEYS[1], score, event_id)
+    indexed = true
+  end
+end
+if indexed then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -recent - 1)
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return #KEYS - 1
+""".replace("EVENT_FIELD", EVENT_FIELD)
+
+
 class ReceiptProjection:
     """The latest receipt per event and subscriber, in Redis hashes that expire."""
 
@@ -154,42 +202,42 @@ class ReceiptProjection:
         # Outside the per-event key space: no event id can name it.
         self._recent_key = f"{prefix.removesuffix(':')}.recent"
         self._recent = recent
+        self._fold = redis.register_script(_FOLD)
 
     def key(self, event_id: str) -> str:
         return f"{self._prefix}{event_id}"
 
-    def _index(self, pipe: Pipeline, event_id: str, received_at: object) -> None:
-        """Add the event to the latest-events index, keeping only the newest ``recent``."""
-        if isinstance(received_at, str):
-            try:
-                received_at = datetime.fromisoformat(received_at)
-            except ValueError:
-                return
-        if not self._recent or not isinstance(received_at, datetime):
-            return
-        pipe.zadd(self._recent_key, {event_id: int(received_at.timestamp() * 1000)})
-        pipe.zremrangebyrank(self._recent_key, 0, -self._recent - 1)
-        pipe.expire(self._recent_key, self._ttl_s)
-
     async def apply(self, receipts: Sequence[Receipt]) -> None:
+        """Fold a batch of receipts in, in one server-side script call."""
+        if not receipts:
+            return
+        keys = [self._recent_key]
+        entries = []
+        for receipt in receipts:
+            keys.append(self.key(receipt.event_id))
+            event = receipt.event
+            score = _score(event.get("received_at")) if event is not None else None
+            entries.append(
+                (
+                    receipt.event_id,
+                    "" if event is None else to_json(event).decode(),
+                    receipt.subscriber,
+                    receipt.summary_json(),
+                    "" if score is None else str(score),
+                )
+            )
         with map_redis_errors():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for receipt in receipts:
-                    key = self.key(receipt.event_id)
-                    if receipt.event is not None:
-                        pipe.hsetnx(key, EVENT_FIELD, json.dumps(receipt.event))
-                        self._index(pipe, receipt.event_id, receipt.event.get("received_at"))
-                    summary = {k: v for k, v in asdict(receipt).items() if k != "event"}
-                    pipe.hset(key, receipt.subscriber, json.dumps(summary))
-                    pipe.expire(key, self._ttl_s)
-                await pipe.execute()
+            await self._fold(keys=keys, args=[self._ttl_s, self._recent, to_json(entries)])
 
     def queue_event(self, pipe: Pipeline, event: RevocationEvent) -> None:
         """Queue on ``pipe`` ingest's note that an event was published (it shows as pending)."""
         key = self.key(event.event_id)
         pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
         pipe.expire(key, self._ttl_s)
-        self._index(pipe, event.event_id, event.received_at)
+        if self._recent:
+            pipe.zadd(self._recent_key, {event.event_id: int(event.received_at.timestamp() * 1000)})
+            pipe.zremrangebyrank(self._recent_key, 0, -self._recent - 1)
+            pipe.expire(self._recent_key, self._ttl_s)
 
     async def latest(self, count: int) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
         """The newest ``count`` indexed events, newest first, each with its latest receipts."""

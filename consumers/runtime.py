@@ -118,6 +118,10 @@ class Delivery:
         self._stop = stop
         self.stats = SubscriberStats()
         self._traces: dict[str, str] = {}
+        # Bound once: a labelled child's look-up is not free, and this runs once per record.
+        self._propagation = (
+            metrics.propagation_seconds.labels(subscriber) if metrics is not None else None
+        )
 
     async def handle(self, records: Sequence[Record]) -> None:
         """Return once every record is applied, forwarded or dead-lettered; else raise
@@ -179,10 +183,11 @@ class Delivery:
         for _, event in applied:
             latency = now - event.received_at.timestamp()
             self.stats.latencies_s.append(latency)
-            if self._metrics is not None:
-                self._metrics.propagation_seconds.labels(self.subscriber).observe(latency)
-            if self._receipts is not None:
-                await self._receipts.emit(
+            if self._propagation is not None:
+                self._propagation.observe(latency)
+        if self._receipts is not None:
+            await self._receipts.emit_many(
+                [
                     receipt_for(
                         event,
                         event_id=event.event_id,
@@ -190,7 +195,9 @@ class Delivery:
                         outcome="applied",
                         attempts=1,
                     )
-                )
+                    for _, event in applied
+                ]
+            )
         del self.stats.latencies_s[:-10_000]
         self.stats.applied += len(applied)
         if self._metrics is not None:

@@ -17,7 +17,6 @@ from dataclasses import asdict
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from propagator.sources import SessionSeen
 
@@ -41,25 +40,28 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
-# Mark sessions revoked (one named, or every one when ARGV[1] is empty); keep the first time.
-_REVOKED = """
-local function mark(field, raw)
-  local record = cjson.decode(raw)
-  if record['status'] ~= 'revoked' then
-    record['status'] = 'revoked'
-    record['revoked_at'] = ARGV[2]
-    record['revoked_by_event'] = ARGV[3]
-    redis.call('HSET', KEYS[1], field, cjson.encode(record))
+# Lua: mark sessions revoked in one user's hash (one named, or every one when ``session`` is
+# empty); the first revocation's time and event are kept. Shared with the denylist sink's
+# batch script, which marks the inventory in the same call as its denylist writes.
+MARK_REVOKED_LUA = """
+local function mark_revoked(key, session, revoked_at, event_id)
+  local function mark(field, raw)
+    local record = cjson.decode(raw)
+    if record['status'] ~= 'revoked' then
+      record['status'] = 'revoked'
+      record['revoked_at'] = revoked_at
+      record['revoked_by_event'] = event_id
+      redis.call('HSET', key, field, cjson.encode(record))
+    end
+  end
+  if session ~= '' then
+    local raw = redis.call('HGET', key, session)
+    if raw then mark(session, raw) end
+  else
+    local all = redis.call('HGETALL', key)
+    for i = 1, #all, 2 do mark(all[i], all[i + 1]) end
   end
 end
-if ARGV[1] ~= '' then
-  local raw = redis.call('HGET', KEYS[1], ARGV[1])
-  if raw then mark(ARGV[1], raw) end
-else
-  local all = redis.call('HGETALL', KEYS[1])
-  for i = 1, #all, 2 do mark(all[i], all[i + 1]) end
-end
-return 1
 """
 
 
@@ -71,7 +73,6 @@ class SessionInventory:
         self._prefix = prefix
         self._ttl_s = ttl_s
         self._seen = redis.register_script(_SEEN)
-        self._revoked = redis.register_script(_REVOKED)
 
     def key(self, user_id: str) -> str:
         return f"{self._prefix}user:{user_id}"
@@ -97,17 +98,3 @@ class SessionInventory:
     async def session_ids(self, user_id: str) -> list[str]:
         fields = await self._redis.hkeys(self.key(user_id))
         return [f.decode() if isinstance(f, bytes) else str(f) for f in fields]
-
-    async def mark_revoked(
-        self,
-        pipe: Pipeline,
-        *,
-        user_id: str,
-        session_id: str | None,
-        revoked_at: str,
-        event_id: str,
-    ) -> None:
-        """Queue on ``pipe``: mark one session (or all of the user's, with None) revoked."""
-        await self._revoked(
-            keys=[self.key(user_id)], args=[session_id or "", revoked_at, event_id], client=pipe
-        )

@@ -7,36 +7,59 @@
 ``prefix`` defaults to ``propagator:revoked:``. Every key expires after the maximum session
 lifetime, when no session it could deny is still alive.
 
-After a batch's writes, in the same pipeline, every applied revocation is announced on the
-pub/sub channel ``{prefix}events`` so that guards (``propagator.guard``) update their caches
-at once; the notice format is in the README's contract table. A notice says what the batch
-wrote: guards re-read Redis after a reconnect, so a lost notice is not a lost revocation.
+A batch is applied by one server-side script call: its writes, then, after all of them, one
+announcement per applied revocation on the pub/sub channel ``{prefix}events``, so that guards
+(``propagator.guard``) update their caches at once; the notice format is in the README's
+contract table. A notice says what the batch wrote: guards re-read Redis after a reconnect, so
+a lost notice is not a lost revocation.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 from redis.asyncio import Redis
 
 from propagator.errors import map_redis_errors
 from propagator.guard import DenylistKeys
-from propagator.inventory import SessionInventory
+from propagator.inventory import MARK_REVOKED_LUA, SessionInventory
 from schemas import RevocationEvent, RevocationScope
 
-# Raise a watermark, never lower it: a late or duplicated event must not reopen sessions.
-_RAISE_WATERMARK = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local candidate = tonumber(ARGV[1])
-if candidate > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+# One call per batch, run by Redis as a unit. KEYS[i] is the key of op i; ARGV holds the TTL,
+# the channel, the ops as one JSON array of [kind, a, b, c] (one argument, however large the
+# batch: cheaper to send than four per op), and the notices as a JSON array of strings.
+#   session    SET NX EX: the first revocation's record stays when several announce it
+#   watermark  raise, never lower: a late or duplicated event must not reopen sessions
+#   inventory  mark the user's listed session(s) revoked (a = session id, '' for all)
+# The notices are published after every write, so that none overtakes its own write: a
+# guard that reads Redis once notified finds the key.
+_APPLY_BATCH = (
+    MARK_REVOKED_LUA
+    + """
+local ttl = ARGV[1]
+local ops = cjson.decode(ARGV[3])
+for i, op in ipairs(ops) do
+  local kind, a = op[1], op[2]
+  if kind == 'session' then
+    redis.call('SET', KEYS[i], a, 'NX', 'EX', ttl)
+  elseif kind == 'watermark' then
+    local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if tonumber(a) > current then
+      redis.call('SET', KEYS[i], a, 'EX', ttl)
+    end
+  elseif kind == 'inventory' then
+    mark_revoked(KEYS[i], a, op[3], op[4])
+  end
 end
-return 0
+for _, notice in ipairs(cjson.decode(ARGV[4])) do
+  redis.call('PUBLISH', ARGV[2], notice)
+end
+return #ops
 """
+)
 
 
 def _record(event: RevocationEvent) -> dict[str, str | None]:
@@ -50,7 +73,7 @@ def _record(event: RevocationEvent) -> dict[str, str | None]:
 
 
 def session_record(event: RevocationEvent) -> str:
-    return json.dumps(_record(event), separators=(",", ":"))
+    return to_json(_record(event)).decode()
 
 
 def _watermark_ms(event: RevocationEvent) -> int:
@@ -79,7 +102,7 @@ def notice(event: RevocationEvent) -> str:
         body["record"] = _record(event)
     else:
         body["watermark_ms"] = _watermark_ms(event)
-    return json.dumps(body, separators=(",", ":"))
+    return to_json(body).decode()
 
 
 class RedisDenylistSink:
@@ -101,7 +124,7 @@ class RedisDenylistSink:
         self._inventory = inventory
         self._prefix = key_prefix
         self._ttl_s = ttl_s
-        self._raise_watermark = redis.register_script(_RAISE_WATERMARK)
+        self._apply_batch = redis.register_script(_APPLY_BATCH)
         self._channel = DenylistKeys(key_prefix).channel
 
     @property
@@ -120,52 +143,31 @@ class RedisDenylistSink:
             return
         with map_redis_errors():
             expanded = await self._inventoried_sessions(events)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    # "Sign out everywhere" also denies each known session by its own key.
-                    for session_id in expanded.get(event.event_id, ()):
-                        pipe.set(
-                            self.session_key(session_id),
-                            session_record(event),
-                            nx=True,
-                            ex=self._ttl_s,
-                        )
-                    if self._inventory is not None and event.user_id:
-                        await self._inventory.mark_revoked(
-                            pipe,
-                            user_id=event.user_id,
-                            session_id=event.session_id
-                            if event.scope is RevocationScope.SESSION
-                            else None,
-                            revoked_at=event.occurred_at.isoformat(),
-                            event_id=event.event_id,
-                        )
-                    if event.scope is RevocationScope.SESSION:
-                        assert event.session_id is not None
-                        # NX keeps the first revocation's record when several announce it.
-                        pipe.set(
-                            self.session_key(event.session_id),
-                            session_record(event),
-                            nx=True,
-                            ex=self._ttl_s,
-                        )
-                    else:
-                        subject = (
-                            event.user_id
-                            if event.scope is RevocationScope.USER
-                            else event.organization_id
-                        )
-                        assert subject is not None
-                        await self._raise_watermark(
-                            keys=[self.watermark_key(event.scope, subject)],
-                            args=[_watermark_ms(event), self._ttl_s],
-                            client=pipe,
-                        )
-                # After all the batch's writes, so that no notice overtakes its own write: a
-                # guard that reads Redis once notified finds the key.
-                for event in events:
-                    pipe.publish(self._channel, notice(event))
-                await pipe.execute()
+            keys: list[str] = []
+            ops: list[tuple[str, str, str, str]] = []
+            for event in events:
+                record = session_record(event)
+                # "Sign out everywhere" also denies each known session by its own key.
+                for session_id in expanded.get(event.event_id, ()):
+                    keys.append(self.session_key(session_id))
+                    ops.append(("session", record, "", ""))
+                if self._inventory is not None and event.user_id:
+                    keys.append(self._inventory.key(event.user_id))
+                    named = event.session_id if event.scope is RevocationScope.SESSION else None
+                    ops.append(
+                        ("inventory", named or "", event.occurred_at.isoformat(), event.event_id)
+                    )
+                if event.scope is RevocationScope.SESSION:
+                    assert event.session_id is not None
+                    keys.append(self.session_key(event.session_id))
+                    ops.append(("session", record, "", ""))
+                else:
+                    keys.append(self.watermark_key(event.scope, _subject(event)))
+                    ops.append(("watermark", str(_watermark_ms(event)), "", ""))
+            notices = [notice(event) for event in events]
+            await self._apply_batch(
+                keys=keys, args=[self._ttl_s, self._channel, to_json(ops), to_json(notices)]
+            )
 
     async def _inventoried_sessions(
         self, events: Sequence[RevocationEvent]
