@@ -90,8 +90,16 @@ def receipt_for(
     attempts: int,
     error: str | None = None,
     http_status: int | None = None,
+    now: datetime | None = None,
+    event_json: bytes | None = None,
 ) -> Receipt:
-    now = datetime.now(UTC)
+    """``event_json``: the event's canonical JSON as the record carried it (decoded again,
+    far cheaper than dumping the model); ``now``: one instant for a whole batch."""
+    now = now or datetime.now(UTC)
+    if event_json is not None:
+        data = from_json(event_json)
+    else:
+        data = event.model_dump(mode="json") if event is not None else None
     latency = (now - event.received_at).total_seconds() if event is not None else None
     return Receipt(
         event_id=event_id,
@@ -102,7 +110,7 @@ def receipt_for(
         latency_s=latency if outcome == "applied" else None,
         error=error,
         http_status=http_status,
-        event=event.model_dump(mode="json") if event is not None else None,
+        event=data,
     )
 
 
@@ -123,8 +131,15 @@ class ReceiptWriter:
         self._pending.append((receipt, future))
 
     async def emit_many(self, receipts: Sequence[Receipt]) -> None:
-        for receipt in receipts:
-            await self.emit(receipt)
+        """Send a batch's receipts together: one Kafka batch per partition."""
+        try:
+            with map_kafka_errors():
+                futures: Sequence[asyncio.Future[Any] | None] = await self._producer.send_many(
+                    self._topic, [(r.event_id.encode(), r.to_bytes()) for r in receipts]
+                )
+        except DependencyUnavailable:
+            futures = [None] * len(receipts)
+        self._pending.extend(zip(receipts, futures, strict=True))
 
     async def _send(self, receipt: Receipt) -> asyncio.Future[Any]:
         with map_kafka_errors():

@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeAlias
 
 import structlog
@@ -186,6 +187,7 @@ class Delivery:
             if self._propagation is not None:
                 self._propagation.observe(latency)
         if self._receipts is not None:
+            at = datetime.now(UTC)
             await self._receipts.emit_many(
                 [
                     receipt_for(
@@ -194,8 +196,10 @@ class Delivery:
                         subscriber=self.subscriber,
                         outcome="applied",
                         attempts=1,
+                        now=at,
+                        event_json=record.value,
                     )
-                    for _, event in applied
+                    for record, event in applied
                 ]
             )
         del self.stats.latencies_s[:-10_000]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from propagator.errors import (
     PRODUCER_STATE_LOST,
@@ -70,6 +71,14 @@ class Sender(Protocol):
 
     async def send_and_wait(self, topic: str, **kwargs: Any) -> Any: ...
 
+    async def send_many(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[asyncio.Future[Any]]: ...
+
+
+# The producer's own default: a keyed record goes to murmur2(key) modulo the partition count.
+_PARTITIONER = DefaultPartitioner()
+
 
 class ProducerHandle:
     """The process's one producer, replaced by a fresh one when its idempotence state is lost.
@@ -101,13 +110,49 @@ class ProducerHandle:
         producer = self._producer
         with self._replacing_on_lost_state(producer):
             future: asyncio.Future[Any] = await producer.send(topic, **kwargs)
+        future.add_done_callback(self._replace_on_lost(producer))
+        return future
 
+    async def send_many(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[asyncio.Future[Any]]:
+        """Send keyed records (key, value) as one batch per partition (more when a batch is
+        full), each to the partition ``send`` would choose for its key; return each record's
+        batch future, in order. Far cheaper per record than ``send``."""
+        await self.start()
+        producer = self._producer
+        futures: list[asyncio.Future[Any] | None] = [None] * len(records)
+        with self._replacing_on_lost_state(producer):
+            partitions = sorted(await producer.partitions_for(topic))
+            by_partition: dict[int, list[int]] = {}
+            for index, (key, _) in enumerate(records):
+                by_partition.setdefault(_PARTITIONER(key, partitions, partitions), []).append(index)
+            for partition, indexes in by_partition.items():
+                batch, members = producer.create_batch(), list[int]()
+                for index in indexes:
+                    key, value = records[index]
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        sent = await producer.send_batch(batch, topic, partition=partition)
+                        for member in members:
+                            futures[member] = sent
+                        batch, members = producer.create_batch(), list[int]()
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            raise PublishFailed(f"a record of {len(value)} bytes exceeds a batch")
+                    members.append(index)
+                sent = await producer.send_batch(batch, topic, partition=partition)
+                for member in members:
+                    futures[member] = sent
+        done = [f for f in futures if f is not None]
+        for future in set(done):
+            future.add_done_callback(self._replace_on_lost(producer))
+        return done
+
+    def _replace_on_lost(self, producer: AIOKafkaProducer) -> Callable[[asyncio.Future[Any]], None]:
         def _check(done: asyncio.Future[Any]) -> None:
             if not done.cancelled() and isinstance(done.exception(), PRODUCER_STATE_LOST):
                 self._replace(producer)
 
-        future.add_done_callback(_check)
-        return future
+        return _check
 
     async def send_and_wait(self, topic: str, **kwargs: Any) -> Any:
         await self.start()
