@@ -11,6 +11,7 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from propagator.kafka import TopicSpec, ensure_topics
@@ -160,7 +161,11 @@ class Cluster:
         """Until the group is stable with ``members`` members (each then holds partitions)."""
         async with asyncio.timeout(timeout_s):
             while True:
-                state = await self.group(group_id)
+                try:
+                    state = await self.group(group_id)
+                except GroupCoordinatorNotAvailableError:
+                    # A new broker creates __consumer_offsets on the first group's look-up.
+                    state = GroupState(state="Unknown", members=0)
                 if state.state == "Stable" and state.members == members:
                     return
                 await asyncio.sleep(0.05)

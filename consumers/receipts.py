@@ -26,7 +26,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic_core import from_json, to_json
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from consumers._wait import pause
 from propagator.errors import (
@@ -244,15 +243,24 @@ class ReceiptProjection:
         with map_redis_errors():
             await self._fold(keys=keys, args=[self._ttl_s, self._recent, to_json(entries)])
 
-    def queue_event(self, pipe: Pipeline, event: RevocationEvent) -> None:
-        """Queue on ``pipe`` ingest's note that an event was published (it shows as pending)."""
-        key = self.key(event.event_id)
-        pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
-        pipe.expire(key, self._ttl_s)
-        if self._recent:
-            pipe.zadd(self._recent_key, {event.event_id: int(event.received_at.timestamp() * 1000)})
-            pipe.zremrangebyrank(self._recent_key, 0, -self._recent - 1)
-            pipe.expire(self._recent_key, self._ttl_s)
+    async def note_published(self, events: Sequence[RevocationEvent]) -> None:
+        """Ingest's note that events were published (each shows as pending), one round trip."""
+        if not events:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                key = self.key(event.event_id)
+                pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
+                pipe.expire(key, self._ttl_s)
+            if self._recent:
+                pipe.zadd(
+                    self._recent_key,
+                    {e.event_id: int(e.received_at.timestamp() * 1000) for e in events},
+                )
+                pipe.zremrangebyrank(self._recent_key, 0, -self._recent - 1)
+                pipe.expire(self._recent_key, self._ttl_s)
+            # redis-py's own errors: ingest counts a failed note as degraded, never fails on it.
+            await pipe.execute()
 
     async def latest(self, count: int) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
         """The newest ``count`` indexed events, newest first, each with its latest receipts."""

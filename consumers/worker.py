@@ -35,6 +35,7 @@ from consumers.sinks.http import HttpSinkConfig, make_http_session
 from consumers.stats import StatsBoard, subscriber_snapshots
 from propagator.errors import DependencyUnavailable, PropagatorError, map_kafka_errors
 from propagator.kafka import ProducerHandle, TopicSpec, ensure_topics, make_consumer, make_producer
+from propagator.redisclient import make_redis
 from propagator.settings import Settings
 
 _log = structlog.get_logger(__name__)
@@ -124,10 +125,7 @@ class Clients:
     def redis(self, url: str | None) -> Redis:
         url = url or self._settings.redis.url
         if url not in self._redis:
-            timeout = self._settings.redis.socket_timeout_s
-            self._redis[url] = Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
+            self._redis[url] = make_redis(self._settings.redis, url)
         return self._redis[url]
 
     async def close(self) -> None:

@@ -29,13 +29,14 @@ from propagator.admin import register_admin
 from propagator.app import create_app
 from propagator.broker import BrokerConnection
 from propagator.dashboard import register_dashboard
-from propagator.dedupe import PublishOnce
+from propagator.dedupe import PublishOnce, RedisClaims
 from propagator.inventory import SessionInventory
 from propagator.kafka import ProducerHandle, TopicSpec, make_producer
 from propagator.logs import configure_logging
 from propagator.metrics import IngestMetrics
 from propagator.publisher import KafkaPublisher
 from propagator.ratelimit import RateLimiter, TokenBuckets
+from propagator.redisclient import make_redis
 from propagator.sample import sample_session_revoked, signed_headers
 from propagator.settings import ConfigFileError, RateLimitSettings, Settings, load_settings
 from propagator.sources import Source, build_source
@@ -79,11 +80,7 @@ def build_rate_limiter(settings: RateLimitSettings) -> RateLimiter:
 async def build_ingest_app(settings: Settings) -> web.Application:
     """Create the clients (inside the running loop, as aiokafka requires) and the app."""
     http = aiohttp.ClientSession()
-    redis = Redis.from_url(
-        settings.redis.url,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.socket_timeout_s,
-    )
+    redis = make_redis(settings.redis)
     try:
         sources = build_sources(settings, http)
     except UsageError:
@@ -108,12 +105,12 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         publisher=KafkaPublisher(
             producer=producer, topic=kafka.topic, timeout_s=kafka.publish_timeout_s
         ),
-        redis=redis if settings.ingest.dedupe else None,
+        claims=RedisClaims(redis) if settings.ingest.dedupe else None,
         key_prefix=settings.ingest.dedupe_key_prefix,
         ttl_s=settings.ingest.dedupe_ttl_s,
         wait_for_other_s=kafka.publish_timeout_s,
         on_degraded=metrics.dedupe_degraded.inc,
-        also_on_publish=projection.queue_event if settings.receipts.enabled else None,
+        also_on_publish=projection.note_published if settings.receipts.enabled else None,
     )
     app = create_app(
         settings=settings.ingest,

@@ -48,6 +48,9 @@ class KafkaSettings(_Section):
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    # Connections per client; a command that finds none free waits for one (at most
+    # socket_timeout_s) instead of failing.
+    max_connections: int = Field(default=64, ge=1)
 
 
 class RateLimitSettings(_Section):

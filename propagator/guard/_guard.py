@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -302,7 +302,9 @@ class RevocationGuard:
                 if self._subscribed:
                     self._subscribed = False
                     self._epoch += 1
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                # Through a typed name: some redis-py releases leave aclose untyped.
+                close: Callable[[], Awaitable[None]] = pubsub.aclose
+                await close()
             if self._epoch != epoch:  # it had subscribed: a fresh outage, so retry at once
                 backoff = _MIN_BACKOFF_S
                 self.stats.disconnects += 1

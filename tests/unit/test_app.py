@@ -82,7 +82,7 @@ async def harness(limiter: RateLimiter) -> AsyncIterator[Harness]:
     app = create_app(
         settings=IngestSettings(max_body_bytes=4096, retry_after_s=7),
         sources={"workos": WorkOSSource(name="workos", verifier=WorkOSVerifier(secrets=[SECRET]))},
-        publisher=PublishOnce(publisher=publisher, redis=None),
+        publisher=PublishOnce(publisher=publisher, claims=None),
         broker=broker,
         limiter=limiter,
         metrics=metrics,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,52 +47,39 @@ class GatedPublisher:
 
 
 @dataclass
-class FakeRedis:
+class FakeClaims:
+    """The ClaimStore protocol over a dict; counts the batch calls."""
+
     data: dict[str, bytes] = field(default_factory=dict)
     down: bool = False
+    claim_calls: list[int] = field(default_factory=list)
+    done_calls: list[int] = field(default_factory=list)
 
     def _check(self) -> None:
         if self.down:
             raise RedisConnectionError("down")
 
-    async def set(self, key: str, value: bytes, nx: bool = False, ex: int | None = None) -> bool:
+    async def claim(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
         self._check()
-        if nx and key in self.data:
-            return False
-        self.data[key] = value
-        return True
+        self.claim_calls.append(len(keys))
+        claimed = []
+        for key in keys:
+            claimed.append(key not in self.data)
+            self.data.setdefault(key, b"pending")
+        return claimed
 
-    async def get(self, key: str) -> bytes | None:
+    async def mark_done(self, keys: Sequence[str], ttl_s: int) -> None:
+        self._check()
+        self.done_calls.append(len(keys))
+        self.data.update(dict.fromkeys(keys, b"done"))
+
+    async def state(self, key: str) -> bytes | None:
         self._check()
         return self.data.get(key)
 
-    async def delete(self, key: str) -> int:
+    async def release(self, key: str) -> None:
         self._check()
-        return 1 if self.data.pop(key, None) is not None else 0
-
-    def pipeline(self, transaction: bool = False) -> FakePipeline:
-        return FakePipeline(self)
-
-
-@dataclass
-class FakePipeline:
-    redis: FakeRedis
-    queued: list[tuple[str, bytes]] = field(default_factory=list)
-    executions: int = 0
-
-    async def __aenter__(self) -> FakePipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def set(self, key: str, value: bytes, ex: int | None = None) -> None:
-        self.queued.append((key, value))
-
-    async def execute(self) -> None:
-        self.redis._check()
-        self.redis.data.update(self.queued)
-        self.executions += 1
+        self.data.pop(key, None)
 
 
 async def all_started(tasks: list[asyncio.Task[object]]) -> None:
@@ -103,9 +91,9 @@ class TestInProcess:
     async def test_concurrent_copies_share_one_publish(self) -> None:
         """50 concurrent copies of one event: 1 published, 49 duplicates."""
         publisher = GatedPublisher()
-        once = PublishOnce(publisher=publisher, redis=None)
+        once = PublishOnce(publisher=publisher, claims=None)
         tasks = [asyncio.create_task(once.publish(event())) for _ in range(50)]
-        await all_started(tasks)  # type: ignore[arg-type]
+        await all_started(tasks)
         publisher.gate.set()
         results = await asyncio.gather(*tasks)
         assert 1 == results.count("published")
@@ -115,9 +103,9 @@ class TestInProcess:
     async def test_a_failed_publish_fails_every_copy(self) -> None:
         """Concurrent copies share the failure, so the provider retries all of them."""
         publisher = GatedPublisher(fail=BrokerUnavailable("down"))
-        once = PublishOnce(publisher=publisher, redis=None)
+        once = PublishOnce(publisher=publisher, claims=None)
         tasks = [asyncio.create_task(once.publish(event())) for _ in range(3)]
-        await all_started(tasks)  # type: ignore[arg-type]
+        await all_started(tasks)
         publisher.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, BrokerUnavailable) for r in results)
@@ -126,40 +114,40 @@ class TestInProcess:
 class TestRedisClaim:
     async def test_redelivery_after_success_is_a_duplicate(self) -> None:
         """Once published, a later copy is answered without a second record."""
-        publisher, redis = GatedPublisher(), FakeRedis()
+        publisher, claims = GatedPublisher(), FakeClaims()
         publisher.gate.set()
-        once = PublishOnce(publisher=publisher, redis=redis, key_prefix="d:")  # type: ignore[arg-type]
+        once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:")
         assert "published" == await once.publish(event())
         assert "duplicate" == await once.publish(event())
-        assert b"done" == redis.data["d:workos:event_1"]
+        assert b"done" == claims.data["d:workos:event_1"]
         assert ["event_1"] == publisher.published
 
     async def test_failed_publish_releases_the_claim(self) -> None:
         """After a 503 the provider's retry is published, not refused as a duplicate."""
-        publisher, redis = GatedPublisher(fail=BrokerUnavailable("down")), FakeRedis()
+        publisher, claims = GatedPublisher(fail=BrokerUnavailable("down")), FakeClaims()
         publisher.gate.set()
-        once = PublishOnce(publisher=publisher, redis=redis)  # type: ignore[arg-type]
+        once = PublishOnce(publisher=publisher, claims=claims)
         with pytest.raises(BrokerUnavailable):
             await once.publish(event())
-        assert {} == redis.data
+        assert {} == claims.data
         publisher.fail = None
         assert "published" == await once.publish(event())
 
     async def test_other_process_publishing_is_waited_for(self) -> None:
         """A claim held elsewhere that completes is answered as a duplicate."""
-        publisher, redis = GatedPublisher(), FakeRedis()
-        redis.data["propagator:dedupe:workos:event_1"] = b"pending"
-        once = PublishOnce(publisher=publisher, redis=redis, wait_for_other_s=5)  # type: ignore[arg-type]
+        publisher, claims = GatedPublisher(), FakeClaims()
+        claims.data["propagator:dedupe:workos:event_1"] = b"pending"
+        once = PublishOnce(publisher=publisher, claims=claims, wait_for_other_s=5)
         waiting = asyncio.create_task(once.publish(event()))
         await asyncio.sleep(0)
-        redis.data["propagator:dedupe:workos:event_1"] = b"done"
+        claims.data["propagator:dedupe:workos:event_1"] = b"done"
         assert "duplicate" == await waiting
         assert [] == publisher.published
 
     async def test_stuck_claim_elsewhere_is_a_503(self) -> None:
         """A claim that never completes makes the provider retry later."""
-        redis = FakeRedis(data={"propagator:dedupe:workos:event_1": b"pending"})
-        once = PublishOnce(publisher=GatedPublisher(), redis=redis, wait_for_other_s=0.1)  # type: ignore[arg-type]
+        claims = FakeClaims(data={"propagator:dedupe:workos:event_1": b"pending"})
+        once = PublishOnce(publisher=GatedPublisher(), claims=claims, wait_for_other_s=0.1)
         with pytest.raises(BrokerUnavailable):
             await once.publish(event())
 
@@ -170,7 +158,7 @@ class TestRedisClaim:
         publisher.gate.set()
         once = PublishOnce(
             publisher=publisher,
-            redis=FakeRedis(down=True),  # type: ignore[arg-type]
+            claims=FakeClaims(down=True),
             on_degraded=lambda: degraded.append(1),
         )
         assert "published" == await once.publish(event())
@@ -178,17 +166,43 @@ class TestRedisClaim:
         assert [1] == degraded
 
 
-async def test_extra_writes_share_the_done_round_trip() -> None:
-    """Whatever else must be written on publish goes in the same pipeline as "done"."""
-    publisher, redis = GatedPublisher(), FakeRedis()
+async def test_extra_writes_are_made_with_the_done_marks() -> None:
+    """Whatever else must be written on publish is written with the batch's "done" marks."""
+    publisher, claims = GatedPublisher(), FakeClaims()
     publisher.gate.set()
-    extra: list[str] = []
+    noted: list[list[str]] = []
 
-    def also(pipe: object, ev: RevocationEvent) -> None:
-        pipe.set(f"projection:{ev.event_id}", b"pending")  # type: ignore[attr-defined]
-        extra.append(ev.event_id)
+    async def also(events: Sequence[RevocationEvent]) -> None:
+        noted.append([e.event_id for e in events])
 
-    once = PublishOnce(publisher=publisher, redis=redis, key_prefix="d:", also_on_publish=also)  # type: ignore[arg-type]
+    once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:", also_on_publish=also)
     assert "published" == await once.publish(event())
-    assert ["event_1"] == extra
-    assert {"d:workos:event_1": b"done", "projection:event_1": b"pending"} == redis.data
+    assert [["event_1"]] == noted
+    assert {"d:workos:event_1": b"done"} == claims.data
+
+
+async def test_requests_of_one_loop_turn_share_a_claim_and_a_done_call() -> None:
+    """40 distinct events arriving together cost one claim call and one done call, not 40."""
+    publisher, claims = GatedPublisher(), FakeClaims()
+    publisher.gate.set()
+    once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:")
+    results = await asyncio.gather(*(once.publish(event(f"e{i}")) for i in range(40)))
+    assert ["published"] * 40 == results
+    assert [40] == claims.claim_calls
+    assert [40] == claims.done_calls
+    assert sorted(f"e{i}" for i in range(40)) == sorted(publisher.published)
+
+
+async def test_a_failed_batch_claim_degrades_every_request_of_the_batch() -> None:
+    """When the batch's claim call fails, each request publishes anyway and is counted."""
+    degraded: list[int] = []
+    publisher = GatedPublisher()
+    publisher.gate.set()
+    once = PublishOnce(
+        publisher=publisher,
+        claims=FakeClaims(down=True),
+        on_degraded=lambda: degraded.append(1),
+    )
+    results = await asyncio.gather(*(once.publish(event(f"e{i}")) for i in range(5)))
+    assert ["published"] * 5 == results
+    assert 5 == len(degraded)

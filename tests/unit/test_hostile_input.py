@@ -124,7 +124,7 @@ async def client() -> AsyncIterator[TestClient]:
     app = create_app(
         settings=IngestSettings(),
         sources=SOURCES,
-        publisher=PublishOnce(publisher=FakePublisher(), redis=None),
+        publisher=PublishOnce(publisher=FakePublisher(), claims=None),
         broker=FakeBroker(),
         limiter=RateLimiter(per_source=None, per_client=None),
         metrics=IngestMetrics(CollectorRegistry()),
