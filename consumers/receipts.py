@@ -113,21 +113,32 @@ def receipt_for(
     )
 
 
+@dataclass(slots=True, eq=False)
+class _Sent:
+    receipt: Receipt
+    # None: not sent yet, or its send failed; the next flush sends it (again).
+    future: asyncio.Future[Any] | None
+
+
 class ReceiptWriter:
-    """Sends receipts as they are made; ``flush`` returns once all of them are durable."""
+    """Sends receipts as they are made; ``flush`` returns once all of them are durable.
+
+    Several flushes may run at once (a subscriber's main and retry loops share a writer, and a
+    loop's flush overlaps its next batch): each waits for every receipt emitted before it
+    began, whichever flush sent it, and none drops a receipt emitted meanwhile.
+    """
 
     def __init__(self, *, producer: Sender, topic: str) -> None:
         self._producer = producer
         self._topic = topic
-        # A receipt with no future (or a failed one) is sent again by the next flush.
-        self._pending: list[tuple[Receipt, asyncio.Future[Any] | None]] = []
+        self._pending: list[_Sent] = []
 
     async def emit(self, receipt: Receipt) -> None:
         try:
-            future = await self._send(receipt)
+            future: asyncio.Future[Any] | None = await self._send(receipt)
         except DependencyUnavailable:
             future = None
-        self._pending.append((receipt, future))
+        self._pending.append(_Sent(receipt, future))
 
     async def emit_many(self, receipts: Sequence[Receipt]) -> None:
         """Send a batch's receipts together: one Kafka batch per partition."""
@@ -138,7 +149,7 @@ class ReceiptWriter:
                 )
         except DependencyUnavailable:
             futures = [None] * len(receipts)
-        self._pending.extend(zip(receipts, futures, strict=True))
+        self._pending.extend(_Sent(r, f) for r, f in zip(receipts, futures, strict=True))
 
     async def _send(self, receipt: Receipt) -> asyncio.Future[Any]:
         with map_kafka_errors():
@@ -149,23 +160,28 @@ class ReceiptWriter:
     async def flush(self) -> None:
         """Wait for every receipt emitted so far; raise BrokerUnavailable if any is not durable
         (it is kept and sent again by the next flush)."""
-        retry: list[tuple[Receipt, asyncio.Future[Any] | None]] = []
-        for receipt, future in self._pending:
-            if future is None:
+        taken = list(self._pending)
+        for sent in taken:
+            if sent.future is None:
                 try:
-                    future = await self._send(receipt)
+                    sent.future = await self._send(sent.receipt)
                 except DependencyUnavailable:
-                    retry.append((receipt, None))
                     continue
-            retry.append((receipt, future))
-        futures = [f for _, f in retry if f is not None]
+        futures = [s.future for s in taken if s.future is not None]
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         failed = {
             id(f) for f, o in zip(futures, outcomes, strict=True) if isinstance(o, BaseException)
         }
-        self._pending = [(r, None) for r, f in retry if f is None or id(f) in failed]
-        if self._pending:
-            raise BrokerUnavailable(f"{len(self._pending)} receipts are not durable yet")
+        durable = set()
+        for sent in taken:
+            if sent.future is None or id(sent.future) in failed:
+                sent.future = None
+            else:
+                durable.add(id(sent))
+        # Receipts emitted while this flush waited stay pending.
+        self._pending = [s for s in self._pending if id(s) not in durable]
+        if len(durable) < len(taken):
+            raise BrokerUnavailable(f"{len(taken) - len(durable)} receipts are not durable yet")
 
 
 def _score(received_at: object) -> int | None:

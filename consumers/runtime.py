@@ -364,6 +364,10 @@ class ConsumerLoop:
         return self._consumer
 
     async def run(self) -> None:
+        # A poll's receipts flush and commit overlap the next poll's fetch and apply: a record
+        # that arrives meanwhile is not held up by two broker round trips. At most one is in
+        # flight, so commits stay in order.
+        settling: asyncio.Task[None] | None = None
         try:
             while not self._stop.is_set():
                 batches = await self._consumer.getmany(
@@ -378,16 +382,26 @@ class ConsumerLoop:
                         if last is not None:
                             handled[tp] = last
                 finally:
-                    # One receipts flush and one commit per poll, for every partition handled:
-                    # what was applied before a shutdown is committed too.
+                    # What was applied before a shutdown is committed too.
                     if handled:
-                        await self._delivery.flush()
-                        await self._commit(handled)
+                        if settling is not None:
+                            await settling
+                        settling = asyncio.create_task(self._settle(handled))
         except Stopping:
             _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
         finally:
             for handle in self._resume_at.values():
                 handle.cancel()
+            if settling is not None:
+                try:
+                    await settling
+                except Stopping:
+                    _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
+
+    async def _settle(self, handled: dict[TopicPartition, Record]) -> None:
+        """Commit a poll's offsets once every receipt of its records is durable."""
+        await self._delivery.flush()
+        await self._commit(handled)
 
     async def _partition(self, tp: TopicPartition, records: Sequence[Record]) -> Record | None:
         """Deliver a partition's records; return the last one handled (None: none was due)."""

@@ -94,6 +94,35 @@ class TestReceiptWriter:
             Receipt.from_bytes(v).event_id.encode() for v in producer.sent
         )
 
+    async def test_concurrent_flushes_wait_for_every_earlier_receipt(self) -> None:
+        """A flush that begins while another waits still waits for the receipts that other
+        flush is waiting on, and a receipt emitted meanwhile is kept for a later flush."""
+        loop = asyncio.get_running_loop()
+        acks = [loop.create_future() for _ in range(3)]
+
+        class HeldProducer:
+            async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+                return acks.pop(0)
+
+        writer = ReceiptWriter(producer=HeldProducer(), topic="receipts")  # type: ignore[arg-type]
+        first_ack = acks[0]
+        await writer.emit(receipt(1))
+        first = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0)
+        second = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0)
+        second_ack = acks[0]
+        await writer.emit(receipt(2))  # emitted while both flushes wait
+        assert not first.done()
+        assert not second.done()
+        first_ack.set_result("ack")
+        await asyncio.gather(first, second)
+        third = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0)
+        assert not third.done()  # receipt 2 is still pending, not dropped by the others
+        second_ack.set_result("ack")
+        await third
+
 
 class TestReplacementOnFutures:
     async def test_a_failed_future_replaces_the_producer(self) -> None:

@@ -210,6 +210,42 @@ class TestMainPath:
         assert [(TP, 3)] == r.consumer.commits
         assert 3 == r.delivery.stats.applied
 
+    async def test_next_poll_is_applied_while_the_last_one_settles(self) -> None:
+        """Poll 2 is applied while poll 1's receipts are still being flushed; neither offset is
+        committed before its receipts are durable, and the commits keep their order."""
+        r = rig(
+            [
+                batch(event(0).to_bytes()),
+                {TP: [record(1, event(1).to_bytes())]},
+            ]
+        )
+        gate = asyncio.Event()
+        flushes = 0
+
+        async def held_flush() -> None:
+            nonlocal flushes
+            flushes += 1
+            await gate.wait()
+
+        r.delivery.flush = held_flush  # type: ignore[method-assign]
+        loop = ConsumerLoop(
+            consumer=r.consumer, delivery=r.delivery, stop=r.stop, poll_timeout_ms=10
+        )  # type: ignore[arg-type]
+        task = asyncio.create_task(loop.run())
+        async with asyncio.timeout(5):
+            while r.sink.applied != ["event_0", "event_1"]:
+                await asyncio.sleep(0.001)
+        assert [] == r.consumer.commits
+        assert 1 == flushes  # poll 2 waits for poll 1's settling before starting its own
+        gate.set()
+        async with asyncio.timeout(5):
+            while len(r.consumer.commits) < 2:
+                await asyncio.sleep(0.001)
+        assert [(TP, 1), (TP, 2)] == r.consumer.commits
+        r.stop.set()
+        async with asyncio.timeout(5):
+            await task
+
     async def test_quick_retries_absorb_a_blip(self) -> None:
         """Two transient failures are retried in process; nothing is forwarded."""
         r = rig(
