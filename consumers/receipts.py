@@ -222,6 +222,25 @@ return #KEYS - 1
 """.replace("EVENT_FIELD", EVENT_FIELD)
 
 
+# KEYS[1] is the latest-events index, KEYS[1 + i] event i's hash. ARGV: the TTL, the index's
+# size, then for each event its id, its JSON and its index score.
+_NOTE = """
+local ttl, recent = ARGV[1], tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local at = 3 * i - 3
+  local event_id, event, score = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  redis.call('HSETNX', KEYS[i], 'EVENT_FIELD', event)
+  redis.call('EXPIRE', KEYS[i], ttl)
+  if recent > 0 then redis.call('ZADD', KEYS[1], score, event_id) end
+end
+if recent > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -recent - 1)
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return #KEYS - 1
+""".replace("EVENT_FIELD", EVENT_FIELD)
+
+
 class ReceiptProjection:
     """The latest receipt per event and subscriber, in Redis hashes that expire."""
 
@@ -233,6 +252,7 @@ class ReceiptProjection:
         self._recent_key = f"{prefix.removesuffix(':')}.recent"
         self._recent = recent
         self._fold = redis.register_script(_FOLD)
+        self._note = redis.register_script(_NOTE)
 
     def key(self, event_id: str) -> str:
         return f"{self._prefix}{event_id}"
@@ -260,23 +280,19 @@ class ReceiptProjection:
             await self._fold(keys=keys, args=[self._ttl_s, self._recent, to_json(entries)])
 
     async def note_published(self, events: Sequence[RevocationEvent]) -> None:
-        """Ingest's note that events were published (each shows as pending), one round trip."""
+        """Ingest's note that events were published (each shows as pending), one script call.
+
+        Raises redis-py's own errors: ingest counts a failed note as degraded, never fails on it.
+        """
         if not events:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                key = self.key(event.event_id)
-                pipe.hsetnx(key, EVENT_FIELD, event.model_dump_json())
-                pipe.expire(key, self._ttl_s)
-            if self._recent:
-                pipe.zadd(
-                    self._recent_key,
-                    {e.event_id: int(e.received_at.timestamp() * 1000) for e in events},
-                )
-                pipe.zremrangebyrank(self._recent_key, 0, -self._recent - 1)
-                pipe.expire(self._recent_key, self._ttl_s)
-            # redis-py's own errors: ingest counts a failed note as degraded, never fails on it.
-            await pipe.execute()
+        args: list[str | int] = [self._ttl_s, self._recent]
+        for event in events:
+            score = int(event.received_at.timestamp() * 1000)
+            args += [event.event_id, event.model_dump_json(), score]
+        await self._note(
+            keys=[self._recent_key, *(self.key(e.event_id) for e in events)], args=args
+        )
 
     async def latest(self, count: int) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
         """The newest ``count`` indexed events, newest first, each with its latest receipts."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -23,7 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from structlog.contextvars import bind_contextvars, bound_contextvars, clear_contextvars
+from structlog.contextvars import bind_contextvars, clear_contextvars
 
 from propagator import tracing
 from propagator.admin import bearer_auth
@@ -74,10 +73,9 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
     clear_contextvars()
     traceparent = tracing.continue_or_start(request.headers.get(tracing.HEADER))
     tracing.current.set(traceparent)
-    bind_contextvars(
-        request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex,
-        trace_id=tracing.trace_id(traceparent),
-    )
+    trace_id = tracing.trace_id(traceparent)
+    # Without the caller's X-Request-Id, the trace id (random per request) names the request.
+    bind_contextvars(request_id=request.headers.get("X-Request-Id") or trace_id, trace_id=trace_id)
     try:
         return await handler(request)
     except PropagatorError as exc:
@@ -98,6 +96,12 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
     """The raw body, refused with 413 as soon as it is known to exceed the limit."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
+    if request.content.is_eof():
+        # The whole body arrived with the headers (a webhook usually does): no wait, no timer.
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
@@ -169,27 +173,28 @@ async def receive_webhook(request: web.Request) -> web.Response:
 async def _publish(request: web.Request, outcome: Outcome) -> Result:
     metrics = request.app[METRICS]
     source = request.match_info["name"]
-    with bound_contextvars(event_id=outcome.event_id):
-        inventory = request.app[INVENTORY]
-        if isinstance(outcome, SessionSeen) and inventory is not None:
-            with map_redis_errors():
-                await inventory.seen(outcome, datetime.now(UTC).isoformat())
-            _log.info("webhook.session_recorded", type=outcome.type)
-            return Result(outcome.event_id, outcome.type, "recorded")
-        if isinstance(outcome, Ignored | SessionSeen):
-            metrics.ignored.labels(source).inc()
-            _log.info("webhook.ignored", type=outcome.type)
-            return Result(outcome.event_id, outcome.type, "ignored")
-        if not request.app[BROKER].started:
-            raise BrokerUnavailable("not connected to the broker yet")
-        started = time.perf_counter()
-        status = await request.app[PUBLISHER].publish(outcome)
-        if status == "duplicate":
-            metrics.duplicates.labels(source).inc()
-        else:
-            metrics.publish_seconds.observe(time.perf_counter() - started)
-        _log.info(f"webhook.{status}", type=outcome.type, scope=outcome.scope.value)
-        return Result(outcome.event_id, outcome.type, status)
+    # Bound until the next outcome's (the next request starts with a clean context).
+    bind_contextvars(event_id=outcome.event_id)
+    inventory = request.app[INVENTORY]
+    if isinstance(outcome, SessionSeen) and inventory is not None:
+        with map_redis_errors():
+            await inventory.seen(outcome, datetime.now(UTC).isoformat())
+        _log.info("webhook.session_recorded", type=outcome.type)
+        return Result(outcome.event_id, outcome.type, "recorded")
+    if isinstance(outcome, Ignored | SessionSeen):
+        metrics.ignored.labels(source).inc()
+        _log.info("webhook.ignored", type=outcome.type)
+        return Result(outcome.event_id, outcome.type, "ignored")
+    if not request.app[BROKER].started:
+        raise BrokerUnavailable("not connected to the broker yet")
+    started = time.perf_counter()
+    status = await request.app[PUBLISHER].publish(outcome)
+    if status == "duplicate":
+        metrics.duplicates.labels(source).inc()
+    else:
+        metrics.publish_seconds.observe(time.perf_counter() - started)
+    _log.info(f"webhook.{status}", type=outcome.type, scope=outcome.scope.value)
+    return Result(outcome.event_id, outcome.type, status)
 
 
 def _retry_after(request: web.Request, exc: PropagatorError) -> dict[str, str]:
