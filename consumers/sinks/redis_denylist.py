@@ -90,19 +90,20 @@ def _subject(event: RevocationEvent) -> str:
     return subject
 
 
-def notice(event: RevocationEvent) -> str:
-    """The pub/sub announcement of one applied revocation."""
+def notice(event: RevocationEvent, record: str | None = None) -> str:
+    """The pub/sub announcement of one applied revocation (``record``: the session record's
+    JSON, when the caller already made it)."""
     body: dict[str, object] = {
         "version": 1,
         "scope": event.scope.value,
         "subject": _subject(event),
         "event_id": event.event_id,
     }
-    if event.scope is RevocationScope.SESSION:
-        body["record"] = _record(event)
-    else:
+    if event.scope is not RevocationScope.SESSION:
         body["watermark_ms"] = _watermark_ms(event)
-    return to_json(body).decode()
+        return to_json(body).decode()
+    head = to_json(body).decode()
+    return f'{head[:-1]},"record":{record or session_record(event)}}}'
 
 
 class RedisDenylistSink:
@@ -145,8 +146,10 @@ class RedisDenylistSink:
             expanded = await self._inventoried_sessions(events)
             keys: list[str] = []
             ops: list[tuple[str, str, str, str]] = []
+            notices: list[str] = []
             for event in events:
                 record = session_record(event)
+                notices.append(notice(event, record))
                 # "Sign out everywhere" also denies each known session by its own key.
                 for session_id in expanded.get(event.event_id, ()):
                     keys.append(self.session_key(session_id))
@@ -164,7 +167,6 @@ class RedisDenylistSink:
                 else:
                     keys.append(self.watermark_key(event.scope, _subject(event)))
                     ops.append(("watermark", str(_watermark_ms(event)), "", ""))
-            notices = [notice(event) for event in events]
             await self._apply_batch(
                 keys=keys, args=[self._ttl_s, self._channel, to_json(ops), to_json(notices)]
             )

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from propagator.sample import sample_session_revoked, signed_headers
 from propagator.settings import Settings
-from tests.integration.conftest import KAFKA_BOOTSTRAP, REDIS_URL, SECRET, wait_for
+from tests.integration.conftest import KAFKA_BOOTSTRAP, REDIS_URL, SECRET, record_count, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +142,58 @@ class TestCommands:
         assert 2 == result.returncode
         assert b"ingest.port" in result.stderr
         assert b"Traceback" not in result.stderr
+
+
+async def test_two_ingest_processes_share_one_port(env: dict[str, str], settings: Settings) -> None:
+    """With ingest.reuse_port both processes bind the port, the kernel spreads connections over
+    them, and every request each one answered is in the topic."""
+    env["PROPAGATOR_INGEST__REUSE_PORT"] = "true"
+    port = env["PROPAGATOR_INGEST__PORT"]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "propagator",
+            "ingest",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
+    outputs = [asyncio.create_task(p.stdout.read()) for p in procs if p.stdout is not None]
+    try:
+        # A fresh connection each time, so that readiness is seen through both processes.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            streak = 0
+
+            async def both_ready() -> bool:
+                nonlocal streak
+                assert all(p.returncode is None for p in procs), "an ingest process exited"
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        streak = streak + 1 if resp.status == 200 else 0
+                except aiohttp.ClientConnectionError:
+                    streak = 0
+                return streak >= 20
+
+            await wait_for(both_ready, timeout=60)
+            for _ in range(30):
+                body = sample_session_revoked()
+                headers = signed_headers(SECRET.encode(), body)
+                async with http.post(
+                    f"http://127.0.0.1:{port}/webhooks/workos", data=body, headers=headers
+                ) as resp:
+                    assert 200 == resp.status, await resp.text()
+        assert 30 == await record_count(settings.kafka.topic)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            logs = [(await output).decode() for output in outputs]
+            codes = [await proc.wait() for proc in procs]
+    assert [0, 0] == codes
+    served = [log.count('"event": "webhook.published"') for log in logs]
+    assert 30 == sum(served)
+    assert all(n > 0 for n in served), served
