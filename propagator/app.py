@@ -277,6 +277,7 @@ def create_app(
     async def _broker_lifecycle(app: web.Application) -> AsyncIterator[None]:
         broker.start()
         yield
+        await publisher.settle()  # the last "done" marks, while Redis is still open
         await broker.close()
 
     app.cleanup_ctx.append(_broker_lifecycle)

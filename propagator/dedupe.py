@@ -106,7 +106,15 @@ class _Batcher(Generic[_T, _R]):
         self._queued.append((item, future))
         return future
 
+    async def settle(self) -> None:
+        """Run what is queued now, and wait for every batch in flight."""
+        while self._queued or self._running:
+            self._start()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
     def _start(self) -> None:
+        if not self._queued:
+            return  # already started by settle()
         batch, self._queued = self._queued, []
         task = asyncio.create_task(self._deliver(batch))
         self._running.add(task)
@@ -190,8 +198,23 @@ class PublishOnce:
             # Free the claim so the provider's retry is published instead of refused.
             await self._quietly(self._claims.release(key))
             raise
-        await self._quietly(self._finishing.submit((key, event)))
+        # The answer need not wait for the "done" mark: the event is durable already. Should
+        # the mark be lost, the claim expires and a later redelivery is published again, which
+        # the idempotent sinks absorb; a redelivery meanwhile waits for the mark.
+        self._finishing.submit((key, event)).add_done_callback(self._count_failure)
         return "published"
+
+    def _count_failure(self, done: asyncio.Future[None]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if isinstance(error, RedisError):
+            self._degraded(error)
+        elif error is not None:
+            _log.warning("dedupe.mark_failed", error=f"{type(error).__name__}: {error}")
+
+    async def settle(self) -> None:
+        """Wait until every "done" mark submitted so far is written (or failed): at shutdown,
+        and for tests."""
+        await self._finishing.settle()
 
     async def _claim_batch(self, keys: list[str]) -> list[bool]:
         assert self._claims is not None

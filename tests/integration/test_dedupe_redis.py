@@ -77,6 +77,8 @@ async def test_concurrent_deliveries_publish_each_event_once(redis: Redis, uniqu
     events = [_event(f"evt_{unique}_{i}") for i in range(100)]
     try:
         results = await asyncio.gather(*(p.publish(e) for e in events for p in processes))
+        for p in processes:
+            await p.settle()  # the "done" marks and notes follow the answers
     finally:
         for client in clients:
             await client.aclose()

@@ -118,6 +118,7 @@ class TestRedisClaim:
         publisher.gate.set()
         once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:")
         assert "published" == await once.publish(event())
+        await once.settle()
         assert "duplicate" == await once.publish(event())
         assert b"done" == claims.data["d:workos:event_1"]
         assert ["event_1"] == publisher.published
@@ -177,6 +178,7 @@ async def test_extra_writes_are_made_with_the_done_marks() -> None:
 
     once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:", also_on_publish=also)
     assert "published" == await once.publish(event())
+    await once.settle()
     assert [["event_1"]] == noted
     assert {"d:workos:event_1": b"done"} == claims.data
 
@@ -188,9 +190,50 @@ async def test_requests_of_one_loop_turn_share_a_claim_and_a_done_call() -> None
     once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:")
     results = await asyncio.gather(*(once.publish(event(f"e{i}")) for i in range(40)))
     assert ["published"] * 40 == results
+    await once.settle()
     assert [40] == claims.claim_calls
     assert [40] == claims.done_calls
     assert sorted(f"e{i}" for i in range(40)) == sorted(publisher.published)
+
+
+async def test_the_answer_does_not_wait_for_the_done_mark() -> None:
+    """Published is answered once the broker acknowledged, while the mark is still being
+    written; a copy that arrives meanwhile is answered as a duplicate once it is written."""
+    publisher, claims = GatedPublisher(), FakeClaims()
+    publisher.gate.set()
+    once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:", wait_for_other_s=5)
+    marking = asyncio.Event()
+    mark_done = claims.mark_done
+
+    async def held_mark_done(keys: Sequence[str], ttl_s: int) -> None:
+        await marking.wait()
+        await mark_done(keys, ttl_s)
+
+    claims.mark_done = held_mark_done  # type: ignore[method-assign]
+    assert "published" == await once.publish(event())
+    assert b"pending" == claims.data["d:workos:event_1"]
+    copy = asyncio.create_task(once.publish(event()))
+    marking.set()
+    await once.settle()
+    assert b"done" == claims.data["d:workos:event_1"]
+    assert "duplicate" == await copy
+    assert ["event_1"] == publisher.published
+
+
+async def test_a_failed_done_mark_is_counted() -> None:
+    """A mark that cannot be written is counted as degraded, never raised to the caller."""
+    degraded: list[int] = []
+    publisher, claims = GatedPublisher(), FakeClaims()
+    publisher.gate.set()
+    once = PublishOnce(publisher=publisher, claims=claims, on_degraded=lambda: degraded.append(1))
+    claims.mark_done = _failing  # type: ignore[method-assign]
+    assert "published" == await once.publish(event())
+    await once.settle()
+    assert [1] == degraded
+
+
+async def _failing(keys: Sequence[str], ttl_s: int) -> None:
+    raise RedisConnectionError("down")
 
 
 async def test_a_failed_batch_claim_degrades_every_request_of_the_batch() -> None:
