@@ -60,13 +60,25 @@ class Step:
 
 
 async def _step(
-    b: Bench, arrivals: Arrivals, port: int, rate: float, duration_s: float, label: str
+    b: Bench,
+    arrivals: Arrivals,
+    port: int,
+    rate: float,
+    duration_s: float,
+    label: str,
+    profile: dict[str, int] | None = None,
 ) -> Step:
     batch = b.presigner.batch(max(1, int(rate * duration_s)))
     arrivals.expect(batch.session_ids)
+    sampling = []
+    if profile and b.profiler is not None:
+        for tag, pid in profile.items():
+            sampling.append(await b.profiler.sample(tag, pid, duration_s))
     paced = await run_paced(
         b.run, port=port, requests=batch.requests, rate=rate, answer_timeout_s=60
     )
+    for task in sampling:
+        await task
     ok = paced.ok()
     await arrivals.wait_all([batch.session_ids[j] for j in ok], DRAIN_S)
     latencies: list[float] = []
@@ -146,7 +158,11 @@ async def _configuration(b: Bench, subscribers: int) -> dict[str, Any]:
         steps: dict[float, Step] = {}
         for rate in FIXED_RATES:
             b.say(f"end-to-end, {label}: {rate:,.0f} ev/s")
-            steps[rate] = await _step(b, arrivals, port, rate, plan.e2e_s, label)
+            # --profile: where ingest and the worker spend the target rate's CPU.
+            profile = None
+            if rate == TARGET_RATE and subscribers == 1:
+                profile = {f"{tag}-ingest": ingest.pid, f"{tag}-worker": workers[0].pid}
+            steps[rate] = await _step(b, arrivals, port, rate, plan.e2e_s, label, profile)
         for _ in range(plan.ladder_steps):
             low = max((r for r, s in steps.items() if s.sustained), default=None)
             high = min((r for r, s in steps.items() if not s.sustained), default=None)

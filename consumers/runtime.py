@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -333,6 +333,70 @@ class Delivery:
         )
 
 
+# Polls applied but not yet committed before the loop waits for a commit: a bound on what a
+# crash makes the sink see again, and on the receipts waiting in the producer.
+SETTLE_BACKLOG_POLLS = 8
+
+
+class _Settler:
+    """Settles (flushes receipts, then commits) applied offsets in the background, in order.
+
+    Polling and applying never wait for a broker round trip of an earlier poll: while one
+    settle is in flight, the offsets handled meanwhile are merged (the latest per partition)
+    and settled together when it is done. One settle at a time keeps the commits in order; a
+    backlog of ``hold_after`` polls makes the loop wait.
+    """
+
+    def __init__(
+        self,
+        settle: Callable[[dict[TopicPartition, Record]], Coroutine[Any, Any, None]],
+        *,
+        hold_after: int,
+    ) -> None:
+        self._settle = settle
+        self._hold_after = hold_after
+        self._pending: dict[TopicPartition, Record] = {}
+        self._pending_polls = 0
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    def add(self, handled: dict[TopicPartition, Record]) -> None:
+        self._pending.update(handled)
+        self._pending_polls += 1
+        if self._task is None:
+            self._start()
+
+    def _start(self) -> None:
+        if self._failure is not None or not self._pending:
+            return
+        batch, self._pending, self._pending_polls = self._pending, {}, 0
+        self._task = asyncio.create_task(self._settle(batch))
+        self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if task.cancelled():
+            self._failure = asyncio.CancelledError()
+        elif task.exception() is not None:
+            self._failure = task.exception()
+        self._start()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def below_backlog(self) -> None:
+        while self._pending_polls >= self._hold_after and self._task is not None:
+            await asyncio.wait([self._task])
+        self.raise_failure()
+
+    async def drain(self) -> None:
+        """Settle everything added so far (or raise what stopped it)."""
+        while self._task is not None:
+            await asyncio.wait([self._task])
+        self.raise_failure()
+
+
 class ConsumerLoop:
     """One consumer group's loop: fetch, deliver, commit; hold while the circuit is open.
 
@@ -364,54 +428,41 @@ class ConsumerLoop:
         return self._consumer
 
     async def run(self) -> None:
-        # A poll's receipts flush and commit overlap the next poll's fetch and apply: a record
-        # that arrives meanwhile is not held up by two broker round trips. At most one is in
-        # flight, so commits stay in order.
-        settling: asyncio.Task[None] | None = None
+        settler = _Settler(self._settle, hold_after=SETTLE_BACKLOG_POLLS)
         try:
             while not self._stop.is_set():
+                settler.raise_failure()
                 batches = await self._consumer.getmany(
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
                 )
-                handled: dict[TopicPartition, Record] = {}
-                try:
-                    for tp, records in batches.items():
-                        if self._stop.is_set():
-                            break
-                        last = await self._partition(tp, records)
-                        if last is not None:
-                            handled[tp] = last
-                finally:
-                    # What was applied before a shutdown is committed too.
-                    if handled:
-                        if settling is not None:
-                            await settling
-                        settling = asyncio.create_task(self._settle(handled))
+                # The poll's partitions are delivered together: one sink call and one receipt
+                # batch for the poll, not one per partition. Each partition's records keep
+                # their order, and one user's events share a partition.
+                due: list[Record] = []
+                last: dict[TopicPartition, Record] = {}
+                for tp, records in batches.items():
+                    ready = self._due_prefix(tp, records) if self._delayed else records
+                    if ready:
+                        due.extend(ready)
+                        last[tp] = ready[-1]
+                if due:
+                    await self._with_circuit(due)
+                    settler.add(last)
+                await settler.below_backlog()
         except Stopping:
             _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
         finally:
             for handle in self._resume_at.values():
                 handle.cancel()
-            if settling is not None:
-                try:
-                    await settling
-                except Stopping:
-                    _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
+            try:
+                await settler.drain()
+            except Stopping:
+                _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)
 
     async def _settle(self, handled: dict[TopicPartition, Record]) -> None:
-        """Commit a poll's offsets once every receipt of its records is durable."""
+        """Commit offsets once every receipt of the records up to them is durable."""
         await self._delivery.flush()
         await self._commit(handled)
-
-    async def _partition(self, tp: TopicPartition, records: Sequence[Record]) -> Record | None:
-        """Deliver a partition's records; return the last one handled (None: none was due)."""
-        due = records
-        if self._delayed:
-            due = self._due_prefix(tp, records)
-            if not due:
-                return None
-        await self._with_circuit(tp, due)
-        return due[-1]
 
     def _due_prefix(self, tp: TopicPartition, records: Sequence[Record]) -> Sequence[Record]:
         now_ms = time.time() * 1000
@@ -431,7 +482,7 @@ class ConsumerLoop:
         if tp in self._consumer.assignment():
             self._consumer.resume(tp)
 
-    async def _with_circuit(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+    async def _with_circuit(self, records: Sequence[Record]) -> None:
         circuit = self._delivery.circuit
         while True:
             with contextlib.suppress(CircuitOpen):

@@ -30,6 +30,7 @@ from propagator.app import create_app
 from propagator.broker import BrokerConnection
 from propagator.dashboard import register_dashboard
 from propagator.dedupe import PublishOnce, RedisClaims
+from propagator.heap import freeze_startup_heap
 from propagator.inventory import SessionInventory
 from propagator.kafka import ProducerHandle, TopicSpec, make_producer
 from propagator.logs import configure_logging
@@ -156,6 +157,11 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         await redis.aclose()
 
     app.on_cleanup.append(_close_clients)
+
+    async def _freeze_heap(_: web.Application) -> None:
+        _log.debug("heap.frozen", objects=freeze_startup_heap())
+
+    app.on_startup.append(_freeze_heap)  # last: after every client has been built
     return app
 
 

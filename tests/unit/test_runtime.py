@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from consumers.circuit import CircuitBreaker
 from consumers.config import EventFilter, RetryPolicy
 from consumers.forwarding import H_DUE, H_LEVEL, Forwarder, Route
-from consumers.runtime import ConsumerLoop, Delivery
+from consumers.runtime import SETTLE_BACKLOG_POLLS, ConsumerLoop, Delivery
 from propagator.errors import SinkDown, SinkRejected, SinkUnavailable
 from schemas import RevocationEvent, RevocationScope
 
@@ -210,13 +210,35 @@ class TestMainPath:
         assert [(TP, 3)] == r.consumer.commits
         assert 3 == r.delivery.stats.applied
 
-    async def test_next_poll_is_applied_while_the_last_one_settles(self) -> None:
-        """Poll 2 is applied while poll 1's receipts are still being flushed; neither offset is
-        committed before its receipts are durable, and the commits keep their order."""
+    async def test_a_polls_partitions_are_applied_in_one_sink_call(self) -> None:
+        """Records of several partitions in one poll reach the sink together, each partition
+        in its order, and each partition's offset is committed."""
+        other = TopicPartition("revocations", 1)
+        r = rig(
+            [
+                {
+                    TP: [record(i, event(i).to_bytes()) for i in range(3)],
+                    other: [record(i, event(10 + i).to_bytes(), tp=other) for i in range(2)],
+                }
+            ]
+        )
+        await run(r)
+        assert 1 == r.sink.calls
+        first, second = ["event_0", "event_1", "event_2"], ["event_10", "event_11"]
+        assert first == [e for e in r.sink.applied if e in first]
+        assert second == [e for e in r.sink.applied if e in second]
+        assert len(first) + len(second) == len(r.sink.applied)
+        assert {(TP, 3), (other, 2)} == set(r.consumer.commits)
+
+    async def test_later_polls_are_applied_while_an_earlier_one_settles(self) -> None:
+        """Polls 2 and 3 are applied while poll 1's receipts are still being flushed; no
+        offset is committed before its receipts are durable, the commits keep their order,
+        and what was handled meanwhile is settled in one flush and one commit."""
         r = rig(
             [
                 batch(event(0).to_bytes()),
                 {TP: [record(1, event(1).to_bytes())]},
+                {TP: [record(2, event(2).to_bytes())]},
             ]
         )
         gate = asyncio.Event()
@@ -233,15 +255,49 @@ class TestMainPath:
         )  # type: ignore[arg-type]
         task = asyncio.create_task(loop.run())
         async with asyncio.timeout(5):
-            while r.sink.applied != ["event_0", "event_1"]:
+            while r.sink.applied != ["event_0", "event_1", "event_2"]:
                 await asyncio.sleep(0.001)
         assert [] == r.consumer.commits
-        assert 1 == flushes  # poll 2 waits for poll 1's settling before starting its own
+        assert 1 == flushes  # one settle in flight; polls 2 and 3 wait for it, merged
         gate.set()
         async with asyncio.timeout(5):
             while len(r.consumer.commits) < 2:
                 await asyncio.sleep(0.001)
-        assert [(TP, 1), (TP, 2)] == r.consumer.commits
+        assert [(TP, 1), (TP, 3)] == r.consumer.commits
+        assert 2 == flushes
+        r.stop.set()
+        async with asyncio.timeout(5):
+            await task
+
+    async def test_a_backlog_of_unsettled_polls_holds_the_loop(self) -> None:
+        """With a settle stuck, the loop applies a bounded number of polls, then waits."""
+        r = rig([{TP: [record(i, event(i).to_bytes())]} for i in range(SETTLE_BACKLOG_POLLS + 5)])
+        gate = asyncio.Event()
+
+        async def held_flush() -> None:
+            await gate.wait()
+
+        r.delivery.flush = held_flush  # type: ignore[method-assign]
+        loop = ConsumerLoop(
+            consumer=r.consumer, delivery=r.delivery, stop=r.stop, poll_timeout_ms=10
+        )  # type: ignore[arg-type]
+        task = asyncio.create_task(loop.run())
+        held = 1 + SETTLE_BACKLOG_POLLS  # the poll in flight, and the backlog behind it
+        async with asyncio.timeout(5):
+            while len(r.sink.applied) < held:
+                await asyncio.sleep(0.001)
+        for _ in range(20):  # many loop turns: nothing more is applied while held
+            await asyncio.sleep(0)
+        assert held == len(r.sink.applied)
+        gate.set()
+        async with asyncio.timeout(5):
+            while len(r.sink.applied) < SETTLE_BACKLOG_POLLS + 5:
+                await asyncio.sleep(0.001)
+            while not r.consumer.commits or r.consumer.commits[-1] != (
+                TP,
+                SETTLE_BACKLOG_POLLS + 5,
+            ):
+                await asyncio.sleep(0.001)
         r.stop.set()
         async with asyncio.timeout(5):
             await task
