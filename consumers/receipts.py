@@ -335,22 +335,25 @@ async def run_projection(
     """Fold the receipts topic into the projection, committing after each applied batch."""
     while not stop.is_set():
         batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+        if not batches:
+            continue
+        # The poll's partitions in one projection write and one commit.
+        receipts = []
         for tp, records in batches.items():
-            receipts = []
             for record in records:
                 try:
                     receipts.append(Receipt.from_bytes(record.value or b""))
                 except (ValueError, TypeError):
                     _log.warning("receipt.unreadable", partition=tp.partition, offset=record.offset)
-            while True:
-                try:
-                    await projection.apply(receipts)
-                    break
-                except DependencyUnavailable as exc:
-                    _log.warning("projection.retrying", error=exc.message)
-                    if await pause(stop, 1.0):
-                        return
+        while True:
             try:
-                await consumer.commit({tp: records[-1].offset + 1})
-            except KafkaError as exc:
-                _log.warning("projection.commit_failed", error=str(exc))
+                await projection.apply(receipts)
+                break
+            except DependencyUnavailable as exc:
+                _log.warning("projection.retrying", error=exc.message)
+                if await pause(stop, 1.0):
+                    return
+        try:
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        except KafkaError as exc:
+            _log.warning("projection.commit_failed", error=str(exc))

@@ -69,6 +69,10 @@ def topics_for(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> l
     return specs
 
 
+# A projection fetch returns once this much is there, or after projection_max_delay_ms.
+PROJECTION_FETCH_MIN_BYTES = 256 * 1024
+
+
 def select(settings: Settings, names: Sequence[str] | None) -> list[SubscriberConfig]:
     configured = settings.effective_subscribers()
     if not names:
@@ -226,6 +230,8 @@ async def run_worker(
                 settings.worker,
                 f"{settings.worker.group_prefix}receipts-projection",
                 settings.receipts_topic,
+                max_wait_ms=settings.receipts.projection_max_delay_ms,
+                min_bytes=PROJECTION_FETCH_MIN_BYTES,
             )
             extra.append(projection_consumer)
             with map_kafka_errors():

@@ -88,8 +88,15 @@ def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
 
 
 def make_consumer(
-    kafka: KafkaSettings, worker: WorkerSettings, group_id: str, *topics: str
+    kafka: KafkaSettings,
+    worker: WorkerSettings,
+    group_id: str,
+    *topics: str,
+    max_wait_ms: int | None = None,
+    min_bytes: int = 1,
 ) -> AIOKafkaConsumer:
+    """A consumer that commits by hand. By default a fetch returns as soon as one record is
+    there (latency); ``max_wait_ms``/``min_bytes`` trade delay for fuller fetches."""
     # Offsets are committed by hand, only after the sink applied the records.
     return AIOKafkaConsumer(
         *topics,
@@ -98,7 +105,8 @@ def make_consumer(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        fetch_max_wait_ms=worker.fetch_max_wait_ms if max_wait_ms is None else max_wait_ms,
+        fetch_min_bytes=min_bytes,
         max_poll_records=worker.max_batch,
         request_timeout_ms=kafka.request_timeout_ms + 30_000,
     )

@@ -155,6 +155,10 @@ class ReceiptSettings(_Section):
     projection_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     # The projection also indexes this many latest events (by received-at) for the dashboard.
     projection_recent: int = Field(default=200, ge=0)
+    # How long the projection may trail the receipts topic: its consumer waits this long for
+    # a fuller fetch, so that under load one write and one commit carry many receipts. A
+    # receipt carries its own applied-at time, so the delay changes no figure it shows.
+    projection_max_delay_ms: int = Field(default=200, ge=0, le=5000)
 
 
 class AdminSettings(_Section):

@@ -249,3 +249,18 @@ async def test_a_failed_batch_claim_degrades_every_request_of_the_batch() -> Non
     results = await asyncio.gather(*(once.publish(event(f"e{i}")) for i in range(5)))
     assert ["published"] * 5 == results
     assert 5 == len(degraded)
+
+
+async def test_done_marks_of_a_window_share_one_call() -> None:
+    """Marks gather for the window (nobody waits for them): requests answered one after the
+    other still share a script call; settle() writes what is gathered at once."""
+    publisher, claims = GatedPublisher(), FakeClaims()
+    publisher.gate.set()
+    once = PublishOnce(publisher=publisher, claims=claims, key_prefix="d:", done_window_s=60)
+    for i in range(3):
+        assert "published" == await once.publish(event(f"e{i}"))
+    assert [] == claims.done_calls
+    assert b"pending" == claims.data["d:workos:e0"]
+    await once.settle()
+    assert [3] == claims.done_calls
+    assert all(claims.data[f"d:workos:e{i}"] == b"done" for i in range(3))
