@@ -18,7 +18,7 @@ from bench._arrivals import Arrivals
 from bench._context import Bench
 from bench._kafka import create_topics
 from bench._paced import PacedRun, run_paced
-from bench._procs import free_port, run_json_child, wait_http_ok
+from bench._procs import cpu_seconds, free_port, run_json_child, wait_http_ok
 from bench._stats import Latency, Row, ratio
 
 FIXED_RATES = (100.0, 1000.0)
@@ -39,6 +39,7 @@ class Step:
     answer: Latency
     problems: list[str]
     not_sustained: list[str] = field(default_factory=list)
+    cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
 
     @property
     def sustained(self) -> bool:
@@ -56,6 +57,7 @@ class Step:
             "problems": self.problems,
             "generator_cpu": [round(x, 3) for x in self.paced.generator_cpu],
             "generator_lateness_p99_ms": round(self.paced.lateness_p99_ms, 3),
+            "cpu_ms_per_event": self.cpu_ms_per_event,
         }
 
 
@@ -66,6 +68,7 @@ async def _step(
     rate: float,
     duration_s: float,
     label: str,
+    services: dict[str, list[int]],
     profile: dict[str, int] | None = None,
 ) -> Step:
     batch = b.presigner.batch(max(1, int(rate * duration_s)))
@@ -74,13 +77,19 @@ async def _step(
     if profile and b.profiler is not None:
         for tag, pid in profile.items():
             sampling.append(await b.profiler.sample(tag, pid, duration_s))
+    cpu_before = {role: sum(map(cpu_seconds, pids)) for role, pids in services.items()}
     paced = await run_paced(
         b.run, port=port, requests=batch.requests, rate=rate, answer_timeout_s=60
     )
-    for task in sampling:
-        await task
     ok = paced.ok()
     await arrivals.wait_all([batch.session_ids[j] for j in ok], DRAIN_S)
+    # What each event cost the services, CPU time over the step (idle overhead included).
+    cpu_ms = {
+        role: round((sum(map(cpu_seconds, pids)) - cpu_before[role]) * 1000 / max(len(ok), 1), 3)
+        for role, pids in services.items()
+    }
+    for task in sampling:
+        await task
     latencies: list[float] = []
     missing = 0
     for j in ok:
@@ -92,6 +101,12 @@ async def _step(
     problems = paced.status_problems() + paced.generator_problems()
     if (note := paced.contention()) is not None:
         b.notes.append(f"end-to-end, {label}, {rate:,.0f} ev/s: {note}.")
+    if rate == TARGET_RATE:
+        b.notes.append(
+            f"end-to-end, {label}, {rate:,.0f} ev/s: CPU per event "
+            + ", ".join(f"{role} {ms:.2f} ms" for role, ms in cpu_ms.items())
+            + " (over the step, idle work included)."
+        )
     if missing:
         problems.append(f"lost events: {missing} answered 200 but not in Redis after {DRAIN_S}s")
     step = Step(
@@ -100,6 +115,7 @@ async def _step(
         latency=Latency.of(latencies),
         answer=paced.latency(),
         problems=problems,
+        cpu_ms_per_event=cpu_ms,
     )
     answered = paced.answered_rps()
     if paced.stopped_early:
@@ -155,6 +171,7 @@ async def _configuration(b: Bench, subscribers: int) -> dict[str, Any]:
             raise RuntimeError(f"warm-up failed: {warm_run.status_problems()}")
         await arrivals.settle_mode([warm.session_ids[j] for j in warm_run.ok()], DRAIN_S)
 
+        services = {"ingest": [ingest.pid], "workers": [w.pid for w in workers]}
         steps: dict[float, Step] = {}
         for rate in FIXED_RATES:
             b.say(f"end-to-end, {label}: {rate:,.0f} ev/s")
@@ -162,7 +179,7 @@ async def _configuration(b: Bench, subscribers: int) -> dict[str, Any]:
             profile = None
             if rate == TARGET_RATE and subscribers == 1:
                 profile = {f"{tag}-ingest": ingest.pid, f"{tag}-worker": workers[0].pid}
-            steps[rate] = await _step(b, arrivals, port, rate, plan.e2e_s, label, profile)
+            steps[rate] = await _step(b, arrivals, port, rate, plan.e2e_s, label, services, profile)
         for _ in range(plan.ladder_steps):
             low = max((r for r, s in steps.items() if s.sustained), default=None)
             high = min((r for r, s in steps.items() if not s.sustained), default=None)
@@ -180,7 +197,9 @@ async def _configuration(b: Bench, subscribers: int) -> dict[str, Any]:
             if candidate in steps:
                 break
             b.say(f"end-to-end, {label}: trying {candidate:,.0f} ev/s")
-            steps[candidate] = await _step(b, arrivals, port, candidate, plan.ladder_s, label)
+            steps[candidate] = await _step(
+                b, arrivals, port, candidate, plan.ladder_s, label, services
+            )
         best = max((r for r, s in steps.items() if s.sustained), default=None)
         for proc in (ingest, *workers):
             b.processes.record_peak(proc)

@@ -93,7 +93,7 @@ def make_consumer(
     group_id: str,
     *topics: str,
     max_wait_ms: int | None = None,
-    min_bytes: int = 1,
+    min_bytes: int | None = None,
 ) -> AIOKafkaConsumer:
     """A consumer that commits by hand. By default a fetch returns as soon as one record is
     there (latency); ``max_wait_ms``/``min_bytes`` trade delay for fuller fetches."""
@@ -106,7 +106,7 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=worker.fetch_max_wait_ms if max_wait_ms is None else max_wait_ms,
-        fetch_min_bytes=min_bytes,
+        fetch_min_bytes=worker.fetch_min_bytes if min_bytes is None else min_bytes,
         max_poll_records=worker.max_batch,
         request_timeout_ms=kafka.request_timeout_ms + 30_000,
     )

@@ -133,6 +133,9 @@ class WorkerSettings(_Section):
     max_batch: int = Field(default=500, ge=1)
     # The broker holds an empty fetch at most this long; it bounds idle latency.
     fetch_max_wait_ms: int = Field(default=50, ge=0)
+    # A fetch returns as soon as this much is there (or after fetch_max_wait_ms): 1 answers
+    # each new record at once; more trades latency for fewer, fuller fetches.
+    fetch_min_bytes: int = Field(default=1, ge=1)
     max_backoff_s: float = Field(default=5.0, gt=0)
     # Prometheus metrics of the worker process (GET /metrics); 0 turns the endpoint off.
     metrics_host: str = "127.0.0.1"
