@@ -126,52 +126,50 @@ class _Sent:
 
 
 class ReceiptWriter:
-    """Sends receipts as they are made; ``flush`` returns once all of them are durable.
+    """Keeps the receipts made while applying; ``flush`` sends them and returns once all of
+    them are durable.
 
-    Several flushes may run at once (a subscriber's main and retry loops share a writer, and a
-    loop's flush overlaps its next batch): each waits for every receipt emitted before it
-    began, whichever flush sent it, and none drops a receipt emitted meanwhile.
+    Nothing is sent while records are applied: the flush before a commit sends everything
+    emitted since the last one together (one Kafka batch per partition), in the background of
+    the consumer loop. Several flushes may run at once (a subscriber's main and retry loops
+    share a writer): each waits for every receipt emitted before it began, whichever flush
+    sent it, and none drops a receipt emitted meanwhile.
     """
 
     def __init__(self, *, producer: Sender, topic: str) -> None:
         self._producer = producer
         self._topic = topic
         self._pending: list[_Sent] = []
+        self._sending = asyncio.Lock()
 
     async def emit(self, receipt: Receipt) -> None:
-        try:
-            future: asyncio.Future[Any] | None = await self._send(receipt)
-        except DependencyUnavailable:
-            future = None
-        self._pending.append(_Sent(receipt, future))
+        self._pending.append(_Sent(receipt, None))
 
     async def emit_many(self, receipts: Sequence[Receipt]) -> None:
-        """Send a batch's receipts together: one Kafka batch per partition."""
-        try:
-            with map_kafka_errors():
-                futures: Sequence[asyncio.Future[Any] | None] = await self._producer.send_many(
-                    self._topic, [(r.event_id.encode(), r.to_bytes()) for r in receipts]
-                )
-        except DependencyUnavailable:
-            futures = [None] * len(receipts)
-        self._pending.extend(_Sent(r, f) for r, f in zip(receipts, futures, strict=True))
+        self._pending.extend(_Sent(r, None) for r in receipts)
 
-    async def _send(self, receipt: Receipt) -> asyncio.Future[Any]:
-        with map_kafka_errors():
-            return await self._producer.send(
-                self._topic, value=receipt.to_bytes(), key=receipt.event_id.encode()
-            )
+    async def _send_unsent(self, taken: Sequence[_Sent]) -> None:
+        # One flush sends at a time, so a receipt is not sent twice by two flushes.
+        async with self._sending:
+            unsent = [s for s in taken if s.future is None]
+            if not unsent:
+                return
+            try:
+                with map_kafka_errors():
+                    futures = await self._producer.send_many(
+                        self._topic,
+                        [(s.receipt.event_id.encode(), s.receipt.to_bytes()) for s in unsent],
+                    )
+            except DependencyUnavailable:
+                return  # kept unsent, for the next flush
+            for sent, future in zip(unsent, futures, strict=True):
+                sent.future = future
 
     async def flush(self) -> None:
-        """Wait for every receipt emitted so far; raise BrokerUnavailable if any is not durable
-        (it is kept and sent again by the next flush)."""
+        """Send and wait for every receipt emitted so far; raise BrokerUnavailable if any is
+        not durable (it is kept and sent again by the next flush)."""
         taken = list(self._pending)
-        for sent in taken:
-            if sent.future is None:
-                try:
-                    sent.future = await self._send(sent.receipt)
-                except DependencyUnavailable:
-                    continue
+        await self._send_unsent(taken)
         futures = [s.future for s in taken if s.future is not None]
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         failed = {

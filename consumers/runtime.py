@@ -333,18 +333,21 @@ class Delivery:
         )
 
 
-# Polls applied but not yet committed before the loop waits for a commit: a bound on what a
-# crash makes the sink see again, and on the receipts waiting in the producer.
-SETTLE_BACKLOG_POLLS = 8
+# Records applied but not yet committed before the loop waits for a commit: a bound on what
+# a crash makes the sink see again, and on the receipts held for the next flush.
+SETTLE_BACKLOG_RECORDS = 5000
+# Settles start at most this often: under load one receipt flush and one commit carry many
+# polls. An idle loop's first poll settles at once.
+SETTLE_INTERVAL_S = 0.05
 
 
 class _Settler:
     """Settles (flushes receipts, then commits) applied offsets in the background, in order.
 
-    Polling and applying never wait for a broker round trip of an earlier poll: while one
-    settle is in flight, the offsets handled meanwhile are merged (the latest per partition)
-    and settled together when it is done. One settle at a time keeps the commits in order; a
-    backlog of ``hold_after`` polls makes the loop wait.
+    Polling and applying never wait for a broker round trip: the offsets handled while a
+    settle is in flight, or within ``interval_s`` of the last one's start, are merged (the
+    latest per partition) and settled together. One settle at a time keeps the commits in
+    order; a backlog of ``hold_after`` records makes the loop wait.
     """
 
     def __init__(
@@ -352,24 +355,41 @@ class _Settler:
         settle: Callable[[dict[TopicPartition, Record]], Coroutine[Any, Any, None]],
         *,
         hold_after: int,
+        interval_s: float = SETTLE_INTERVAL_S,
     ) -> None:
         self._settle = settle
         self._hold_after = hold_after
+        self._interval_s = interval_s
         self._pending: dict[TopicPartition, Record] = {}
-        self._pending_polls = 0
+        self._pending_records = 0
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_start = -float("inf")
         self._failure: BaseException | None = None
 
-    def add(self, handled: dict[TopicPartition, Record]) -> None:
+    def add(self, handled: dict[TopicPartition, Record], records: int) -> None:
         self._pending.update(handled)
-        self._pending_polls += 1
-        if self._task is None:
+        self._pending_records += records
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._task is not None or self._timer is not None:
+            return  # the settle in flight, or the one scheduled, takes these along
+        loop = asyncio.get_running_loop()
+        wait = self._last_start + self._interval_s - loop.time()
+        if wait > 0:
+            self._timer = loop.call_later(wait, self._start)
+        else:
             self._start()
 
     def _start(self) -> None:
-        if self._failure is not None or not self._pending:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None or self._failure is not None or not self._pending:
             return
-        batch, self._pending, self._pending_polls = self._pending, {}, 0
+        batch, self._pending, self._pending_records = self._pending, {}, 0
+        self._last_start = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._settle(batch))
         self._task.add_done_callback(self._done)
 
@@ -379,21 +399,27 @@ class _Settler:
             self._failure = asyncio.CancelledError()
         elif task.exception() is not None:
             self._failure = task.exception()
-        self._start()
+        if self._pending:
+            self._schedule()
 
     def raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
     async def below_backlog(self) -> None:
-        while self._pending_polls >= self._hold_after and self._task is not None:
+        while self._pending_records >= self._hold_after:
+            self._start()  # no waiting out the interval with a full backlog
+            if self._task is None:
+                break
             await asyncio.wait([self._task])
         self.raise_failure()
 
     async def drain(self) -> None:
-        """Settle everything added so far (or raise what stopped it)."""
-        while self._task is not None:
-            await asyncio.wait([self._task])
+        """Settle everything added so far, at once (or raise what stopped it)."""
+        while self._task is not None or (self._pending and self._failure is None):
+            self._start()
+            if self._task is not None:
+                await asyncio.wait([self._task])
         self.raise_failure()
 
 
@@ -413,7 +439,11 @@ class ConsumerLoop:
         delayed: bool = False,
         max_batch: int = 500,
         poll_timeout_ms: int = 500,
+        settle_backlog: int = SETTLE_BACKLOG_RECORDS,
+        settle_interval_s: float = SETTLE_INTERVAL_S,
     ) -> None:
+        self._settle_backlog = settle_backlog
+        self._settle_interval_s = settle_interval_s
         self._consumer = consumer
         self._delivery = delivery
         self._stop = stop
@@ -428,7 +458,9 @@ class ConsumerLoop:
         return self._consumer
 
     async def run(self) -> None:
-        settler = _Settler(self._settle, hold_after=SETTLE_BACKLOG_POLLS)
+        settler = _Settler(
+            self._settle, hold_after=self._settle_backlog, interval_s=self._settle_interval_s
+        )
         try:
             while not self._stop.is_set():
                 settler.raise_failure()
@@ -447,7 +479,7 @@ class ConsumerLoop:
                         last[tp] = ready[-1]
                 if due:
                     await self._with_circuit(due)
-                    settler.add(last)
+                    settler.add(last, len(due))
                 await settler.below_backlog()
         except Stopping:
             _log.info("worker.abandoned_batch", subscriber=self._delivery.subscriber)

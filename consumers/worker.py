@@ -69,6 +69,8 @@ def topics_for(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> l
     return specs
 
 
+# An idle retry-topic fetch returns after this long (a resumed partition is fetched next).
+RETRY_FETCH_MAX_WAIT_MS = 500
 # A projection fetch returns once this much is there, or after projection_max_delay_ms.
 PROJECTION_FETCH_MIN_BYTES = 256 * 1024
 
@@ -186,7 +188,15 @@ def _subscriber(
         [ConsumerLoop(consumer=main, delivery=delivery, stop=stop, max_batch=worker.max_batch)],
     )
     if retry_topics:
-        retry = make_consumer(kafka, worker, f"{group}.retry", *retry_topics)
+        # Retry records wait seconds for their due time: no hurry to learn of a new one.
+        retry = make_consumer(
+            kafka,
+            worker,
+            f"{group}.retry",
+            *retry_topics,
+            max_wait_ms=RETRY_FETCH_MAX_WAIT_MS,
+            min_bytes=1,
+        )
         consumers.append(retry)
         loops.append(
             ConsumerLoop(

@@ -42,6 +42,11 @@ class FakeProducer:
             future.set_result("ack")
         return future
 
+    async def send_many(
+        self, topic: str, records: list[tuple[bytes, bytes]]
+    ) -> list[asyncio.Future[Any]]:
+        return [await self.send(topic, key=key, value=value) for key, value in records]
+
 
 class TestProducerHandle:
     async def test_lost_sequence_state_replaces_the_producer(self) -> None:
@@ -94,6 +99,28 @@ class TestReceiptWriter:
             Receipt.from_bytes(v).event_id.encode() for v in producer.sent
         )
 
+    async def test_receipts_are_sent_by_the_flush_in_one_batch(self) -> None:
+        """Emitting sends nothing (applying never waits on the producer); the flush sends
+        everything emitted since the last one in one call."""
+        calls: list[int] = []
+        producer = FakeProducer()
+        send_many = producer.send_many
+
+        async def counted(topic: str, records: list[tuple[bytes, bytes]]) -> list[Any]:
+            calls.append(len(records))
+            return await send_many(topic, records)
+
+        producer.send_many = counted  # type: ignore[method-assign]
+        writer = ReceiptWriter(producer=producer, topic="receipts")  # type: ignore[arg-type]
+        await writer.emit_many([receipt(1), receipt(2)])
+        await writer.emit(receipt(3))
+        assert [] == producer.sent
+        await writer.flush()
+        assert [3] == calls
+        assert 3 == len(producer.sent)
+        await writer.flush()
+        assert [3] == calls  # nothing left to send
+
     async def test_concurrent_flushes_wait_for_every_earlier_receipt(self) -> None:
         """A flush that begins while another waits still waits for the receipts that other
         flush is waiting on, and a receipt emitted meanwhile is kept for a later flush."""
@@ -101,8 +128,10 @@ class TestReceiptWriter:
         acks = [loop.create_future() for _ in range(3)]
 
         class HeldProducer:
-            async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
-                return acks.pop(0)
+            async def send_many(
+                self, topic: str, records: list[tuple[bytes, bytes]]
+            ) -> list[asyncio.Future[Any]]:
+                return [acks.pop(0) for _ in records]
 
         writer = ReceiptWriter(producer=HeldProducer(), topic="receipts")  # type: ignore[arg-type]
         first_ack = acks[0]

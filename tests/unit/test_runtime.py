@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from consumers.circuit import CircuitBreaker
 from consumers.config import EventFilter, RetryPolicy
 from consumers.forwarding import H_DUE, H_LEVEL, Forwarder, Route
-from consumers.runtime import SETTLE_BACKLOG_POLLS, ConsumerLoop, Delivery
+from consumers.runtime import ConsumerLoop, Delivery
 from propagator.errors import SinkDown, SinkRejected, SinkUnavailable
 from schemas import RevocationEvent, RevocationScope
 
@@ -269,9 +269,10 @@ class TestMainPath:
         async with asyncio.timeout(5):
             await task
 
-    async def test_a_backlog_of_unsettled_polls_holds_the_loop(self) -> None:
-        """With a settle stuck, the loop applies a bounded number of polls, then waits."""
-        r = rig([{TP: [record(i, event(i).to_bytes())]} for i in range(SETTLE_BACKLOG_POLLS + 5)])
+    async def test_a_backlog_of_unsettled_records_holds_the_loop(self) -> None:
+        """With a settle stuck, the loop applies a bounded number of records, then waits."""
+        backlog = 4
+        r = rig([{TP: [record(i, event(i).to_bytes())]} for i in range(backlog + 5)])
         gate = asyncio.Event()
 
         async def held_flush() -> None:
@@ -279,10 +280,14 @@ class TestMainPath:
 
         r.delivery.flush = held_flush  # type: ignore[method-assign]
         loop = ConsumerLoop(
-            consumer=r.consumer, delivery=r.delivery, stop=r.stop, poll_timeout_ms=10
+            consumer=r.consumer,
+            delivery=r.delivery,
+            stop=r.stop,
+            poll_timeout_ms=10,
+            settle_backlog=backlog,
         )  # type: ignore[arg-type]
         task = asyncio.create_task(loop.run())
-        held = 1 + SETTLE_BACKLOG_POLLS  # the poll in flight, and the backlog behind it
+        held = 1 + backlog  # the record in flight, and the backlog behind it
         async with asyncio.timeout(5):
             while len(r.sink.applied) < held:
                 await asyncio.sleep(0.001)
@@ -291,16 +296,36 @@ class TestMainPath:
         assert held == len(r.sink.applied)
         gate.set()
         async with asyncio.timeout(5):
-            while len(r.sink.applied) < SETTLE_BACKLOG_POLLS + 5:
+            while len(r.sink.applied) < backlog + 5:
                 await asyncio.sleep(0.001)
-            while not r.consumer.commits or r.consumer.commits[-1] != (
-                TP,
-                SETTLE_BACKLOG_POLLS + 5,
-            ):
+            while not r.consumer.commits or r.consumer.commits[-1] != (TP, backlog + 5):
                 await asyncio.sleep(0.001)
         r.stop.set()
         async with asyncio.timeout(5):
             await task
+
+    async def test_polls_within_the_settle_interval_share_a_commit(self) -> None:
+        """An idle loop's first poll is committed at once; the polls that follow within the
+        interval are committed together, and a stopping loop commits them without waiting."""
+        r = rig([{TP: [record(i, event(i).to_bytes())]} for i in range(3)])
+        loop = ConsumerLoop(
+            consumer=r.consumer,
+            delivery=r.delivery,
+            stop=r.stop,
+            poll_timeout_ms=10,
+            settle_interval_s=60,
+        )  # type: ignore[arg-type]
+        task = asyncio.create_task(loop.run())
+        async with asyncio.timeout(5):
+            await r.consumer.drained.wait()
+            while not r.consumer.commits:
+                await asyncio.sleep(0.001)
+        assert 3 == len(r.sink.applied)
+        assert [(TP, 1)] == r.consumer.commits
+        r.stop.set()
+        async with asyncio.timeout(5):
+            await task
+        assert [(TP, 1), (TP, 3)] == r.consumer.commits
 
     async def test_quick_retries_absorb_a_blip(self) -> None:
         """Two transient failures are retried in process; nothing is forwarded."""
