@@ -251,6 +251,11 @@ async def e2e_section(b: Bench) -> None:
     rates = sorted({*FIXED_RATES, *(c["best"] for c in configs.values() if c["best"])})
     b.say("end-to-end: raw Kafka round trip")
     baseline = await _round_trip(b, rates)
+    if TARGET_RATE in baseline and "cpu_ms_per_record" in baseline[TARGET_RATE]:
+        b.notes.append(
+            f"raw Kafka round trip, {TARGET_RATE:,.0f} ev/s: the bare producer and consumer "
+            f"used {baseline[TARGET_RATE]['cpu_ms_per_record']:.2f} ms of CPU per record."
+        )
     for subs, config in configs.items():
         steps: dict[float, Step] = config["steps"]
         label = f"{subs} subscriber{'s' if subs > 1 else ''}"

@@ -57,6 +57,7 @@ async def _one_rate(
     consuming = asyncio.create_task(consume())
     await asyncio.sleep(0.3)  # the consumer's first fetch is in flight
     start = time.monotonic() + 0.2
+    cpu_before = time.process_time()
     acks = []
     for j in range(n):
         delay = start + j / rate - time.monotonic()
@@ -72,6 +73,8 @@ async def _one_rate(
             await consuming
     except TimeoutError:
         consuming.cancel()
+    # Both clients' CPU (one process): what a bare produce-then-consume costs per record.
+    cpu_ms = (time.process_time() - cpu_before) * 1000 / n
     latencies = [(arrived[j] - dispatched[j]) * 1000 for j in range(n) if arrived[j]]
     lateness = sorted((dispatched[j] - (start + j / rate)) * 1000 for j in range(n))
     return {
@@ -79,6 +82,7 @@ async def _one_rate(
         "records": n,
         "lost": n - len(latencies),
         "latency": Latency.of(latencies).as_dict(),
+        "cpu_ms_per_record": round(cpu_ms, 3),
         "lateness_p99_ms": round(lateness[min(len(lateness) - 1, int(0.99 * len(lateness)))], 3),
     }
 
