@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bench import _report
-from bench._config import REDIS_DB, Plan, Run
+from bench._config import REDIS_DB, Plan, Run, parse_override
 from bench._context import Bench
 from bench._e2e import e2e_section
 from bench._fanout import fanout_section, worker_scaling_section
@@ -115,6 +115,7 @@ async def _main(
         "machine": _report.machine(),
         "checkout": _report.checkout(run.repo),
         "profiled": py_spy is not None,
+        "settings": dict(run.overrides),
         "load_before": " ".join(f"{x:.2f}" for x in load_before),
         "sections": list(sections),
     }
@@ -191,11 +192,22 @@ def main() -> None:
         action="store_true",
         help="sample ingest and the worker with py-spy while measured (perturbs the figures)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="give a setting to every service the run starts, e.g. worker.fetch_min_bytes=65536",
+    )
     args = parser.parse_args()
+    try:
+        overrides = [parse_override(text) for text in args.set]
+    except ValueError as exc:
+        parser.error(str(exc))
     repo = Path(__file__).resolve().parent.parent
-    run = Run.make(repo=repo, plan=Plan.make(quick=args.quick))
+    run = Run.make(repo=repo, plan=Plan.make(quick=args.quick), overrides=overrides)
     command = "make bench" + (" ARGS=--quick" if args.quick else "")
-    if args.only or args.profile:
+    if args.only or args.profile or args.set:
         command = "python -m bench " + " ".join(sys.argv[1:])
     py_spy = ensure_py_spy(run.python) if args.profile else None
     sections = tuple(args.only or SECTIONS)

@@ -11,6 +11,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,15 @@ from pydantic import BaseModel
 from propagator.settings import Settings
 
 REDIS_DB = 14
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``section.key=value`` for --set; a name the settings do not know is refused."""
+    name, sep, value = text.partition("=")
+    path = name.strip().split(".")
+    if not sep or not all(path) or not _has_setting(*path):
+        raise ValueError(f"not a known setting=value: {text!r}")
+    return name.strip(), value
 
 
 def _has_setting(*path: str) -> bool:
@@ -92,9 +102,11 @@ class Run:
     secret: str
     plan: Plan
     python: str = sys.executable
+    # --set: settings given to every service this run starts, as (dotted name, value).
+    overrides: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def make(cls, *, repo: Path, plan: Plan) -> Run:
+    def make(cls, *, repo: Path, plan: Plan, overrides: Sequence[tuple[str, str]] = ()) -> Run:
         # The Makefile exports the ports its services use; the bench follows them.
         kafka_port = int(os.environ.get("KAFKA_PORT", "9092"))
         redis_port = int(os.environ.get("REDIS_PORT", "6379"))
@@ -107,6 +119,7 @@ class Run:
             redis_port=redis_port,
             secret="whsec_bench_" + secrets.token_urlsafe(18),
             plan=plan,
+            overrides=tuple(overrides),
         )
 
     @property
@@ -172,6 +185,8 @@ class Run:
         for path, value in optional.items():
             if _has_setting(*path):
                 env["PROPAGATOR_" + "__".join(p.upper() for p in path)] = value
+        for name, value in self.overrides:
+            env["PROPAGATOR_" + "__".join(p.upper() for p in name.split("."))] = value
         return env
 
     @property

@@ -72,6 +72,12 @@ def markdown(header: dict[str, Any], rows: list[Row], notes: list[str]) -> str:
         f"`{header['command']}` ({header['mode']}), {header['started_at']}, "
         f"{header['duration_s']:.0f} s, checkout {header['checkout']}"
         + (", **profiled with py-spy**" if header["profiled"] else "")
+        + (
+            ", **settings changed**: "
+            + ", ".join(f"`{k}={v}`" for k, v in header["settings"].items())
+            if header.get("settings")
+            else ""
+        )
         + f". Machine: {m['cores']} cores ({m['cpu']}), "
         f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; load average "
         f"{header['load_before']} before, {header['load_after']} after (the machine is shared).",
