@@ -142,10 +142,10 @@ class ReceiptWriter:
         self._pending: list[_Sent] = []
         self._sending = asyncio.Lock()
 
-    async def emit(self, receipt: Receipt) -> None:
+    def emit(self, receipt: Receipt) -> None:
         self._pending.append(_Sent(receipt, None))
 
-    async def emit_many(self, receipts: Sequence[Receipt]) -> None:
+    def emit_many(self, receipts: Sequence[Receipt]) -> None:
         self._pending.extend(_Sent(r, None) for r in receipts)
 
     async def _send_unsent(self, taken: Sequence[_Sent]) -> None:

@@ -188,7 +188,7 @@ class Delivery:
                 self._propagation.observe(latency)
         if self._receipts is not None:
             at = datetime.now(UTC)
-            await self._receipts.emit_many(
+            self._receipts.emit_many(
                 [
                     receipt_for(
                         event,
@@ -320,7 +320,7 @@ class Delivery:
         except InvalidRecord:
             event = None
         event_id = event.event_id if event else headers_of(record).get("event-id", "unknown")
-        await self._receipts.emit(
+        self._receipts.emit(
             receipt_for(
                 event,
                 event_id=event_id,

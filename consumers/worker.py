@@ -34,7 +34,6 @@ from consumers.sinks import Sink, build_sink
 from consumers.sinks.http import HttpSinkConfig, make_http_session
 from consumers.stats import StatsBoard, subscriber_snapshots
 from propagator.errors import DependencyUnavailable, PropagatorError, map_kafka_errors
-from propagator.heap import freeze_startup_heap
 from propagator.kafka import ProducerHandle, TopicSpec, ensure_topics, make_consumer, make_producer
 from propagator.redisclient import make_redis
 from propagator.settings import Settings
@@ -275,7 +274,6 @@ async def run_worker(
             subscribers=[s.config.name for s in running],
             topic=settings.kafka.topic,
         )
-        _log.debug("heap.frozen", objects=freeze_startup_heap())
         if started is not None:
             started.set()
         await asyncio.gather(*(loop.run() for sub in running for loop in sub.loops), *background)

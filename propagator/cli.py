@@ -157,12 +157,11 @@ async def build_ingest_app(settings: Settings) -> web.Application:
         await redis.aclose()
 
     app.on_cleanup.append(_close_clients)
-
-    async def _freeze_heap(_: web.Application) -> None:
-        _log.debug("heap.frozen", objects=freeze_startup_heap())
-
-    app.on_startup.append(_freeze_heap)  # last: after every client has been built
     return app
+
+
+async def _freeze_heap(_: web.Application) -> None:
+    _log.debug("heap.frozen", objects=freeze_startup_heap())
 
 
 def dead_letter_queues(settings: Settings) -> dict[str, DeadLetterQueue]:
@@ -189,8 +188,16 @@ def _ingest(settings: Settings) -> int:
         topic=settings.kafka.topic,
         sources={c.name: c.kind for c in settings.effective_sources()},
     )
+
+    async def serving() -> web.Application:
+        app = await build_ingest_app(settings)
+        # A process-wide choice, so made here, not in the app a test may build: last, once
+        # every client has been built.
+        app.on_startup.append(_freeze_heap)
+        return app
+
     web.run_app(
-        build_ingest_app(settings),
+        serving(),
         host=settings.ingest.host,
         port=settings.ingest.port,
         reuse_port=settings.ingest.reuse_port,
@@ -212,9 +219,19 @@ def _worker(settings: Settings, subscribers: Sequence[str] | None) -> int:
         raise UsageError(str(exc)) from exc
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, started = asyncio.Event(), asyncio.Event()
         install_signal_handlers(stop)
-        await run_worker(settings, stop, subscribers)
+
+        async def freeze_once_started() -> None:
+            await started.wait()
+            _log.debug("heap.frozen", objects=freeze_startup_heap())
+
+        # A process-wide choice, so made here rather than inside run_worker, which tests run.
+        freezing = asyncio.create_task(freeze_once_started())
+        try:
+            await run_worker(settings, stop, subscribers, started)
+        finally:
+            freezing.cancel()
 
     asyncio.run(main())
     return 0

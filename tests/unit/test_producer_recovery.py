@@ -90,8 +90,8 @@ class TestReceiptWriter:
         """Flush raises while a receipt is not durable, and keeps it for the next flush."""
         producer = FakeProducer(fail=[KafkaConnectionError()])
         writer = ReceiptWriter(producer=producer, topic="receipts")  # type: ignore[arg-type]
-        await writer.emit(receipt(1))
-        await writer.emit(receipt(2))
+        writer.emit(receipt(1))
+        writer.emit(receipt(2))
         with pytest.raises(BrokerUnavailable):
             await writer.flush()
         await writer.flush()
@@ -112,8 +112,8 @@ class TestReceiptWriter:
 
         producer.send_many = counted  # type: ignore[method-assign]
         writer = ReceiptWriter(producer=producer, topic="receipts")  # type: ignore[arg-type]
-        await writer.emit_many([receipt(1), receipt(2)])
-        await writer.emit(receipt(3))
+        writer.emit_many([receipt(1), receipt(2)])
+        writer.emit(receipt(3))
         assert [] == producer.sent
         await writer.flush()
         assert [3] == calls
@@ -135,13 +135,13 @@ class TestReceiptWriter:
 
         writer = ReceiptWriter(producer=HeldProducer(), topic="receipts")  # type: ignore[arg-type]
         first_ack = acks[0]
-        await writer.emit(receipt(1))
+        writer.emit(receipt(1))
         first = asyncio.create_task(writer.flush())
         await asyncio.sleep(0)
         second = asyncio.create_task(writer.flush())
         await asyncio.sleep(0)
         second_ack = acks[0]
-        await writer.emit(receipt(2))  # emitted while both flushes wait
+        writer.emit(receipt(2))  # emitted while both flushes wait
         assert not first.done()
         assert not second.done()
         first_ack.set_result("ack")
